@@ -1,0 +1,663 @@
+//! The subscription state machine: which messages of a topic a subscription
+//! has settled, which are leased to whom, which wait for a retry or a delivery
+//! time, and which are blocked behind an earlier message of the same ordering key.
+//!
+//! It does no I/O and reads no clock: an engine feeds it what it read from the
+//! log and the current time, and every change happens through [`SubState::apply`]
+//! of an [`Event`]. Engines journal those events and replay them over a
+//! [`Snapshot`] after a restart, which is why `apply` must stay deterministic
+//! (decisions that need randomness or time are taken before, and carried in
+//! the event).
+//!
+//! # Invariants
+//! - Every sequence below `next` that is not in `pending` is settled (acked,
+//!   dead-lettered, trimmed by retention or skipped by a seek). Nothing at or
+//!   above `next` has been looked at. So memory is bounded by what is tracked
+//!   (in flight, waiting for a retry or a delivery time, blocked behind a key),
+//!   never by the backlog.
+//! - Each pending entry is in exactly one index that matches its state:
+//!   `leases` (leased), `ready` (waiting and deliverable once its time comes),
+//!   `exhausted` (out of attempts, to be dead-lettered), `dying` (being
+//!   dead-lettered), or none (blocked behind an earlier message of its key).
+//! - In an ordered subscription only the lowest pending sequence of a key can be
+//!   leased, so one message per key is in flight and keys are delivered in order.
+
+mod backoff;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{Millis, Seq, SubscriptionConfig};
+
+/// What an engine read from the log about one message, when it is more than
+/// a plain message: it has an ordering key (recorded only for ordered
+/// subscriptions) or a delivery time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scanned {
+    pub seq: Seq,
+    pub key: Option<String>,
+    pub deliver_at: Option<Millis>,
+}
+
+/// Every change to a subscription's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// Messages `next..to` were read from the log and are now tracked, ready at
+    /// `at` (or at their delivery time). `meta` holds the non-plain ones.
+    Scanned {
+        to: Seq,
+        at: Millis,
+        meta: Vec<Scanned>,
+    },
+    Leased {
+        consumer: String,
+        deadline: Millis,
+        seqs: Vec<Seq>,
+    },
+    Acked {
+        seqs: Vec<Seq>,
+    },
+    /// Leased messages go back to waiting until the given time (a nack or an
+    /// expired lease), remembering why for the dead letter.
+    Retry {
+        at: Vec<(Seq, Millis)>,
+        error: Option<String>,
+    },
+    Extended {
+        deadline: Millis,
+        seqs: Vec<Seq>,
+    },
+    /// The messages were stored in the dead-letter topic and are settled here.
+    DeadLettered {
+        seqs: Vec<Seq>,
+    },
+    /// Everything below `to` counts as settled, everything from it on is delivered.
+    Seeked {
+        to: Seq,
+    },
+    /// Retention removed everything below `first` from the topic.
+    Trimmed {
+        first: Seq,
+    },
+    /// Dead letters put back with fresh attempts; `dlq_cursor` is the last
+    /// dead-letter-topic sequence replayed.
+    Replayed {
+        seqs: Vec<(Seq, Option<String>)>,
+        at: Millis,
+        dlq_cursor: Seq,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum EntryState {
+    Waiting { at: Millis },
+    Leased { consumer: Arc<str>, deadline: Millis },
+    /// Being moved to the dead-letter topic; never journaled.
+    Dying,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Entry {
+    attempts: u32,
+    key: Option<Arc<str>>,
+    state: EntryState,
+    last_error: Option<String>,
+}
+
+/// A pending message as the engine needs to see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingView {
+    pub seq: Seq,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub lease_deadline: Option<Millis>,
+}
+
+/// Monotonic counters kept with the state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub delivered: u64,
+    pub acked: u64,
+    pub dead_lettered: u64,
+}
+
+/// The persisted form of a [`SubState`]: small, because pending is bounded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub applied: u64,
+    pub next: Seq,
+    pub dlq_cursor: Seq,
+    pub counters: Counters,
+    entries: Vec<(Seq, Entry)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SubState {
+    config: SubscriptionConfig,
+    /// Number of events applied: the journal position of this state.
+    applied: u64,
+    next: Seq,
+    pending: BTreeMap<Seq, Entry>,
+    ready: BTreeSet<(Millis, Seq)>,
+    leases: BTreeSet<(Millis, Seq)>,
+    exhausted: BTreeSet<Seq>,
+    dying: BTreeSet<Seq>,
+    keys: HashMap<Arc<str>, BTreeSet<Seq>>,
+    by_consumer: HashMap<Arc<str>, u32>,
+    dlq_cursor: Seq,
+    counters: Counters,
+}
+
+/// How many messages a subscription tracks at most beyond those in flight
+/// (waiting for a delivery time or a retry, blocked behind a key). Reading
+/// ahead stops there, which is what bounds memory for any backlog.
+pub const TRACK_LIMIT: usize = 100_000;
+
+impl SubState {
+    /// A fresh subscription whose first message to deliver is `start`.
+    pub fn new(config: SubscriptionConfig, start: Seq) -> Self {
+        Self {
+            config,
+            applied: 0,
+            next: start.max(1),
+            pending: BTreeMap::new(),
+            ready: BTreeSet::new(),
+            leases: BTreeSet::new(),
+            exhausted: BTreeSet::new(),
+            dying: BTreeSet::new(),
+            keys: HashMap::new(),
+            by_consumer: HashMap::new(),
+            dlq_cursor: 0,
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn restore(config: SubscriptionConfig, snapshot: Snapshot) -> Self {
+        let mut state = Self::new(config, snapshot.next);
+        state.applied = snapshot.applied;
+        state.dlq_cursor = snapshot.dlq_cursor;
+        state.counters = snapshot.counters;
+        for (seq, entry) in snapshot.entries {
+            state.insert(seq, entry);
+        }
+        state
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let entries = self
+            .pending
+            .iter()
+            .map(|(&seq, e)| {
+                let mut e = e.clone();
+                // A dead-lettering that did not finish is redone after a restart:
+                // the entry is still exhausted, so it lands in `exhausted` again.
+                if e.state == EntryState::Dying {
+                    e.state = EntryState::Waiting { at: 0 };
+                }
+                (seq, e)
+            })
+            .collect();
+        Snapshot {
+            applied: self.applied,
+            next: self.next,
+            dlq_cursor: self.dlq_cursor,
+            counters: self.counters,
+            entries,
+        }
+    }
+
+    pub fn config(&self) -> &SubscriptionConfig {
+        &self.config
+    }
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+    /// The first sequence not yet read from the log.
+    pub fn next(&self) -> Seq {
+        self.next
+    }
+    /// Every sequence below this is settled.
+    pub fn ack_floor(&self) -> Seq {
+        self.pending.keys().next().copied().unwrap_or(self.next).min(self.next)
+    }
+    pub fn dlq_cursor(&self) -> Seq {
+        self.dlq_cursor
+    }
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+    pub fn tracked(&self) -> usize {
+        self.pending.len()
+    }
+    pub fn in_flight(&self) -> usize {
+        self.leases.len()
+    }
+    /// Tracked messages neither leased nor being dead-lettered.
+    pub fn waiting(&self) -> usize {
+        self.pending.len() - self.leases.len() - self.dying.len()
+    }
+    pub fn pending(&self, seq: Seq) -> Option<PendingView> {
+        self.pending.get(&seq).map(|e| PendingView {
+            seq,
+            attempts: e.attempts,
+            last_error: e.last_error.clone(),
+            lease_deadline: match e.state {
+                EntryState::Leased { deadline, .. } => Some(deadline),
+                _ => None,
+            },
+        })
+    }
+    pub fn is_leased(&self, seq: Seq) -> bool {
+        matches!(
+            self.pending.get(&seq),
+            Some(Entry {
+                state: EntryState::Leased { .. },
+                ..
+            })
+        )
+    }
+
+    /// How many more messages may be leased now to `consumer`.
+    pub fn room(&self, consumer: &str) -> usize {
+        let total = (self.config.max_in_flight as usize).saturating_sub(self.leases.len());
+        let mine = self.by_consumer.get(consumer).copied().unwrap_or(0) as usize;
+        let per = (self.config.max_in_flight_per_consumer as usize).saturating_sub(mine);
+        total.min(per)
+    }
+
+    /// How many new messages the engine should read from the log (starting at
+    /// [`next`](Self::next)) so that `want` can be leased now.
+    pub fn scan_wanted(&self, now: Millis, want: usize) -> usize {
+        let ready_now = self.ready.range(..=(now, Seq::MAX)).take(want).count();
+        let room = TRACK_LIMIT.saturating_sub(self.pending.len());
+        want.saturating_sub(ready_now).min(room)
+    }
+
+    /// The earliest time at which something becomes deliverable or a lease expires.
+    pub fn next_wake(&self) -> Option<Millis> {
+        let ready = self.ready.first().map(|&(at, _)| at);
+        let lease = self.leases.first().map(|&(at, _)| at);
+        match (ready, lease) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Leases up to `max` deliverable messages to `consumer`.
+    pub fn lease(&mut self, now: Millis, consumer: &str, max: usize) -> Option<Event> {
+        let n = max.min(self.room(consumer));
+        let seqs: Vec<Seq> = self
+            .ready
+            .range(..=(now, Seq::MAX))
+            .take(n)
+            .map(|&(_, seq)| seq)
+            .collect();
+        if seqs.is_empty() {
+            return None;
+        }
+        let deadline = now + self.config.ack_deadline.as_millis() as u64;
+        Some(self.emit(Event::Leased {
+            consumer: consumer.to_string(),
+            deadline,
+            seqs,
+        }))
+    }
+
+    /// Expired leases go back to waiting for their backoff. `unit` yields
+    /// uniform random numbers in `[0, 1)` for the jitter.
+    pub fn expire(&mut self, now: Millis, unit: &mut dyn FnMut() -> f64) -> Option<Event> {
+        let expired: Vec<Seq> = self
+            .leases
+            .range(..=(now, Seq::MAX))
+            .map(|&(_, seq)| seq)
+            .collect();
+        if expired.is_empty() {
+            return None;
+        }
+        let at = self.retry_times(&expired, now, None, unit);
+        Some(self.emit(Event::Retry {
+            at,
+            error: Some("lease expired".to_string()),
+        }))
+    }
+
+    /// Gives leased messages back; the others in `seqs` are ignored.
+    pub fn nack(
+        &mut self,
+        seqs: &[Seq],
+        now: Millis,
+        delay: Option<Duration>,
+        error: Option<String>,
+        unit: &mut dyn FnMut() -> f64,
+    ) -> Option<Event> {
+        let leased: Vec<Seq> = seqs.iter().copied().filter(|s| self.is_leased(*s)).collect();
+        if leased.is_empty() {
+            return None;
+        }
+        let at = self.retry_times(&leased, now, delay, unit);
+        Some(self.emit(Event::Retry { at, error }))
+    }
+
+    fn retry_times(
+        &self,
+        seqs: &[Seq],
+        now: Millis,
+        delay: Option<Duration>,
+        unit: &mut dyn FnMut() -> f64,
+    ) -> Vec<(Seq, Millis)> {
+        let policy = &self.config.retry;
+        seqs.iter()
+            .map(|&seq| {
+                let attempts = self.pending[&seq].attempts;
+                let wait = match delay {
+                    _ if policy.exhausted(attempts) => Duration::ZERO,
+                    Some(d) => d,
+                    None => policy.backoff(attempts, unit()),
+                };
+                (seq, now + wait.as_millis() as u64)
+            })
+            .collect()
+    }
+
+    /// Settles the pending messages among `seqs` (leased or waiting).
+    pub fn ack(&mut self, seqs: &[Seq]) -> Option<Event> {
+        let seqs: Vec<Seq> = seqs
+            .iter()
+            .copied()
+            .filter(|s| matches!(self.pending.get(s), Some(e) if e.state != EntryState::Dying))
+            .collect();
+        (!seqs.is_empty()).then(|| self.emit(Event::Acked { seqs }))
+    }
+
+    /// Extends leases; returns the event and the sequences that were not leased.
+    pub fn extend(&mut self, seqs: &[Seq], now: Millis, by: Duration) -> (Option<Event>, Vec<Seq>) {
+        let (leased, lost): (Vec<Seq>, Vec<Seq>) = seqs.iter().partition(|s| self.is_leased(**s));
+        let deadline = now + by.as_millis() as u64;
+        let event = (!leased.is_empty()).then(|| {
+            self.emit(Event::Extended {
+                deadline,
+                seqs: leased,
+            })
+        });
+        (event, lost)
+    }
+
+    /// Marks messages out of attempts as being dead-lettered and returns them
+    /// with their attempts and last error. The engine stores them in the
+    /// dead-letter topic, then applies [`Event::DeadLettered`], or
+    /// [`abort_dead_letter`](Self::abort_dead_letter) if that failed.
+    pub fn take_exhausted(&mut self, max: usize) -> Vec<PendingView> {
+        let seqs: Vec<Seq> = self.exhausted.iter().take(max).copied().collect();
+        seqs.into_iter()
+            .map(|seq| {
+                self.unplace(seq);
+                let entry = self.pending.get_mut(&seq).expect("indexed entry is pending");
+                entry.state = EntryState::Dying;
+                self.dying.insert(seq);
+                PendingView {
+                    seq,
+                    attempts: entry.attempts,
+                    last_error: entry.last_error.clone(),
+                    lease_deadline: None,
+                }
+            })
+            .collect()
+    }
+
+    pub fn abort_dead_letter(&mut self, seqs: &[Seq]) {
+        for &seq in seqs {
+            if self.dying.remove(&seq) {
+                let entry = self.pending.get_mut(&seq).expect("dying entry is pending");
+                entry.state = EntryState::Waiting { at: 0 };
+                self.place(seq);
+            }
+        }
+    }
+
+    /// Builds the event for messages read from the log up to `to` (exclusive).
+    pub fn scanned(&mut self, to: Seq, now: Millis, meta: Vec<Scanned>) -> Option<Event> {
+        (to > self.next).then(|| {
+            self.emit(Event::Scanned {
+                to,
+                at: now,
+                meta,
+            })
+        })
+    }
+
+    /// Applies `event` and returns it, for the engine to journal.
+    pub fn emit(&mut self, event: Event) -> Event {
+        self.apply(&event);
+        event
+    }
+
+    /// The one place state changes.
+    pub fn apply(&mut self, event: &Event) {
+        self.applied += 1;
+        match event {
+            Event::Scanned { to, at, meta } => {
+                let mut meta = meta.iter().peekable();
+                for seq in self.next..*to {
+                    let (key, deliver_at) = match meta.peek() {
+                        Some(m) if m.seq == seq => {
+                            let m = meta.next().expect("peeked");
+                            (m.key.as_deref().map(Arc::from), m.deliver_at)
+                        }
+                        _ => (None, None),
+                    };
+                    let key = if self.config.ordered { key } else { None };
+                    let at = deliver_at.map_or(*at, |d| d.max(*at));
+                    self.insert(
+                        seq,
+                        Entry {
+                            attempts: 0,
+                            key,
+                            state: EntryState::Waiting { at },
+                            last_error: None,
+                        },
+                    );
+                }
+                self.next = self.next.max(*to);
+            }
+            Event::Leased {
+                consumer,
+                deadline,
+                seqs,
+            } => {
+                let consumer: Arc<str> = Arc::from(consumer.as_str());
+                for &seq in seqs {
+                    if !self.pending.contains_key(&seq) {
+                        continue;
+                    }
+                    self.unplace(seq);
+                    let entry = self.pending.get_mut(&seq).expect("checked");
+                    entry.attempts += 1;
+                    entry.state = EntryState::Leased {
+                        consumer: consumer.clone(),
+                        deadline: *deadline,
+                    };
+                    self.counters.delivered += 1;
+                    self.place(seq);
+                }
+            }
+            Event::Acked { seqs } => {
+                for &seq in seqs {
+                    if self.remove(seq) {
+                        self.counters.acked += 1;
+                    }
+                }
+            }
+            Event::Retry { at, error } => {
+                for &(seq, at) in at {
+                    if !self.is_leased(seq) {
+                        continue;
+                    }
+                    self.unplace(seq);
+                    let entry = self.pending.get_mut(&seq).expect("leased");
+                    entry.state = EntryState::Waiting { at };
+                    entry.last_error = error.clone();
+                    self.place(seq);
+                }
+            }
+            Event::Extended { deadline, seqs } => {
+                for &seq in seqs {
+                    if !self.is_leased(seq) {
+                        continue;
+                    }
+                    self.unplace(seq);
+                    if let Some(Entry {
+                        state: EntryState::Leased { deadline: d, .. },
+                        ..
+                    }) = self.pending.get_mut(&seq)
+                    {
+                        *d = *deadline;
+                    }
+                    self.place(seq);
+                }
+            }
+            Event::DeadLettered { seqs } => {
+                for &seq in seqs {
+                    if self.remove(seq) {
+                        self.counters.dead_lettered += 1;
+                    }
+                }
+            }
+            Event::Seeked { to } => {
+                let keep = (self.applied, self.dlq_cursor, self.counters);
+                *self = Self::new(self.config.clone(), *to);
+                (self.applied, self.dlq_cursor, self.counters) = keep;
+            }
+            Event::Trimmed { first } => {
+                let gone: Vec<Seq> = self.pending.range(..*first).map(|(&s, _)| s).collect();
+                for seq in gone {
+                    self.remove(seq);
+                }
+                self.next = self.next.max(*first);
+            }
+            Event::Replayed {
+                seqs,
+                at,
+                dlq_cursor,
+            } => {
+                for (seq, key) in seqs {
+                    if *seq >= self.next || self.pending.contains_key(seq) {
+                        continue;
+                    }
+                    let key = if self.config.ordered {
+                        key.as_deref().map(Arc::from)
+                    } else {
+                        None
+                    };
+                    self.insert(
+                        *seq,
+                        Entry {
+                            attempts: 0,
+                            key,
+                            state: EntryState::Waiting { at: *at },
+                            last_error: None,
+                        },
+                    );
+                }
+                self.dlq_cursor = self.dlq_cursor.max(*dlq_cursor);
+            }
+        }
+    }
+
+    fn insert(&mut self, seq: Seq, entry: Entry) {
+        if let Some(key) = &entry.key {
+            let queue = self.keys.entry(key.clone()).or_default();
+            let old_head = queue.first().copied();
+            queue.insert(seq);
+            // A replayed message can sort before the key's current head: the
+            // old head is then blocked behind it.
+            if let Some(old) = old_head.filter(|&old| old > seq) {
+                self.pending.insert(seq, entry);
+                self.unplace(old);
+                self.place(seq);
+                return;
+            }
+        }
+        self.pending.insert(seq, entry);
+        self.place(seq);
+    }
+
+    /// Settles `seq`; unblocks the next message of its key.
+    fn remove(&mut self, seq: Seq) -> bool {
+        if !self.pending.contains_key(&seq) {
+            return false;
+        }
+        self.unplace(seq);
+        let entry = self.pending.remove(&seq).expect("checked");
+        if let Some(key) = entry.key {
+            if let Some(queue) = self.keys.get_mut(&key) {
+                queue.remove(&seq);
+                match queue.first().copied() {
+                    Some(head) => self.place(head),
+                    None => {
+                        self.keys.remove(&key);
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    fn is_blocked(&self, seq: Seq, entry: &Entry) -> bool {
+        match &entry.key {
+            Some(key) => self.keys.get(key).and_then(|q| q.first()) != Some(&seq),
+            None => false,
+        }
+    }
+
+    /// Puts `seq` in the index its state calls for (idempotent).
+    fn place(&mut self, seq: Seq) {
+        let entry = &self.pending[&seq];
+        match &entry.state {
+            EntryState::Leased { consumer, deadline } => {
+                if self.leases.insert((*deadline, seq)) {
+                    *self.by_consumer.entry(consumer.clone()).or_default() += 1;
+                }
+            }
+            EntryState::Dying => {
+                self.dying.insert(seq);
+            }
+            EntryState::Waiting { at } => {
+                if self.config.retry.exhausted(entry.attempts) {
+                    self.exhausted.insert(seq);
+                } else if !self.is_blocked(seq, entry) {
+                    self.ready.insert((*at, seq));
+                }
+            }
+        }
+    }
+
+    /// Takes `seq` out of whatever index holds it.
+    fn unplace(&mut self, seq: Seq) {
+        let entry = &self.pending[&seq];
+        match &entry.state {
+            EntryState::Leased { consumer, deadline } => {
+                if self.leases.remove(&(*deadline, seq)) {
+                    if let Some(n) = self.by_consumer.get_mut(consumer) {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.by_consumer.remove(consumer);
+                        }
+                    }
+                }
+            }
+            EntryState::Dying => {
+                self.dying.remove(&seq);
+            }
+            EntryState::Waiting { at } => {
+                self.ready.remove(&(*at, seq));
+                self.exhausted.remove(&seq);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
