@@ -1,0 +1,29 @@
+//! A typed async client for Courier's HTTP API, and the API's wire format.
+//!
+//! ```no_run
+//! # async fn demo() -> courier_client::Result<()> {
+//! use courier_client::{Client, Publish, wire::PullBody};
+//! let client = Client::new("http://127.0.0.1:7070")?;
+//! client.publish("orders", "hello", &Publish::default()).await?;
+//! for m in client.pull("orders-worker", &PullBody::default()).await? {
+//!     client.ack("orders-worker", &[m.seq]).await?;
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Without the default `http` feature only [`wire`] is built: the request and
+//! response types the server shares with this client.
+
+#![forbid(unsafe_code)]
+
+pub mod wire;
+
+#[cfg(feature = "http")]
+mod client;
+#[cfg(feature = "http")]
+mod error;
+
+#[cfg(feature = "http")]
+pub use client::{Client, ClientBuilder, Created, Publish, RawDelivery, DEFAULT_URL};
+#[cfg(feature = "http")]
+pub use error::{Error, Result};

@@ -16,7 +16,10 @@ pub enum Error {
     #[error("subscription '{0}' already exists with a different configuration")]
     SubscriptionExists(String),
     #[error("topic '{topic}' still has subscriptions: {subscriptions}")]
-    TopicInUse { topic: String, subscriptions: String },
+    TopicInUse {
+        topic: String,
+        subscriptions: String,
+    },
     #[error("invalid name '{name}': {reason}")]
     InvalidName { name: String, reason: &'static str },
     #[error("invalid argument: {0}")]
@@ -121,7 +124,11 @@ mod tests {
         assert!(validate_name("orders").is_ok());
         assert!(validate_name("orders.v2_eu-west").is_ok());
         for bad in ["", ".x", "-x", "a/b", "a b", "é", &"x".repeat(201)] {
-            assert_eq!(validate_name(bad).unwrap_err().code(), "invalid_name", "{bad}");
+            assert_eq!(
+                validate_name(bad).unwrap_err().code(),
+                "invalid_name",
+                "{bad}"
+            );
         }
     }
 }

@@ -6,8 +6,14 @@
 //!   replayed over the last checkpoint on start.
 //! - `meta`: topic and subscription definitions and subscription checkpoints (redb).
 
+mod engine;
 pub mod journal;
 pub mod log;
+mod meta;
+mod subscription;
+mod topic;
+
+pub use engine::EmbeddedEngine;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,6 +39,10 @@ pub struct EmbeddedConfig {
     /// How often retention limits are enforced.
     #[serde(with = "courier_core::types::millis")]
     pub retention_interval: Duration,
+    /// How often expired leases are collected when nobody pulls (0 disables;
+    /// pulls always collect them too).
+    #[serde(with = "courier_core::types::millis")]
+    pub tick_interval: Duration,
 }
 
 impl Default for EmbeddedConfig {
@@ -44,6 +54,24 @@ impl Default for EmbeddedConfig {
             checkpoint_interval: Duration::from_secs(5),
             max_message_bytes: 8 * 1024 * 1024,
             retention_interval: Duration::from_secs(1),
+            tick_interval: Duration::from_millis(100),
         }
+    }
+}
+
+impl EmbeddedConfig {
+    /// Refuses settings that cannot work, with a message saying which.
+    pub fn validate(&self) -> courier_core::Result<()> {
+        let bad = |msg: &str| Err(courier_core::Error::InvalidArgument(format!("engine: {msg}")));
+        if self.data_dir.as_os_str().is_empty() {
+            return bad("data_dir must not be empty");
+        }
+        if self.segment_bytes < 4096 {
+            return bad("segment_bytes must be at least 4096");
+        }
+        if self.max_message_bytes == 0 {
+            return bad("max_message_bytes must be at least 1");
+        }
+        Ok(())
     }
 }

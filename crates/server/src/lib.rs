@@ -1,0 +1,23 @@
+//! Courier's HTTP server: the JSON API over HTTP/1.1 and h2c, its configuration,
+//! and graceful shutdown. It serves any [`courier_core::Engine`]; the binary
+//! hands it the embedded one.
+//!
+//! - `config`: the configuration tree, env overrides, validation.
+//! - `api`: routes and their OpenAPI description; `api::codec` maps messages to
+//!   and from HTTP (single publish headers, CloudEvents).
+//! - `extract` / `error`: request parsing and RFC 9457 problem answers.
+//! - `server`: the connection loop and the shutdown sequence.
+
+#![forbid(unsafe_code)]
+
+mod api;
+pub mod config;
+pub mod error;
+mod extract;
+mod server;
+mod telemetry;
+
+pub use api::{openapi, openapi_json};
+pub use config::{Config, ConfigError};
+pub use server::{run, shutdown_signal, ServerError};
+pub use telemetry::init_tracing;

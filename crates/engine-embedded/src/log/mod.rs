@@ -1,1 +1,682 @@
-//! (being written)
+//! A topic's durable log: segment files of CRC-framed records in one directory,
+//! appended by a group-commit writer thread and read with `pread`.
+//!
+//! Layout of a topic directory:
+//! - `<base>.log`: records with seqs from `base` on (see [`record`] and [`frame`]);
+//! - `<base>.idx`: one u32 position per record of a sealed segment (see [`segment`]);
+//! - `first_seq`: the oldest retained seq, so trimmed messages stay trimmed.
+//!
+//! Invariants:
+//! - Readers only see durable records: `next_seq` and the active segment's
+//!   in-memory index advance together, after the writer's fsync.
+//! - Seqs are contiguous within and across segments; a segment's base is the
+//!   seq of its first record.
+//! - Memory per topic is the active segment's index (4 bytes per record) plus
+//!   a few bytes per segment; sealed segments are read through their index files.
+
+pub(crate) mod frame;
+mod record;
+pub(crate) mod replier;
+mod segment;
+mod writer;
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc};
+
+use bytes::Bytes;
+use courier_core::{Error, Headers, Message, Millis, Result, Retention, Seq};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{oneshot, watch};
+
+use segment::{log_path, Sealed};
+use writer::{Cmd, Writer};
+
+/// Positions in the index are u32, so a segment must stay below 4 GiB; the
+/// writer rolls once a segment reaches `segment_bytes`, so leave room for a batch.
+const MAX_SEGMENT_BYTES: u64 = 1 << 30;
+
+const FIRST_SEQ_FILE: &str = "first_seq";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogOptions {
+    /// A segment is sealed and a new one started once it reaches this size
+    /// (capped at 1 GiB). Retention frees space a whole segment at a time.
+    pub segment_bytes: u64,
+    /// fdatasync before acknowledging an append.
+    pub fsync: bool,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        Self {
+            segment_bytes: 64 * 1024 * 1024,
+            fsync: true,
+        }
+    }
+}
+
+/// A message to append; the log assigns its seq and published_at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppendRecord {
+    pub id: String,
+    pub key: Option<String>,
+    pub headers: Headers,
+    pub body: Bytes,
+    pub deliver_at: Option<Millis>,
+}
+
+/// The seqs `first_seq..first_seq + n` were given to the `n` records of an
+/// append, all published at `published_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub first_seq: Seq,
+    pub published_at: Millis,
+}
+
+/// A handle on one topic's log; clones share the log and its writer thread.
+///
+/// The writer stops when [`TopicLog::close`] is called or the last clone is
+/// dropped (after committing what was queued).
+#[derive(Clone)]
+pub struct TopicLog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Cmd>,
+}
+
+/// What the writer thread and readers share.
+struct Shared {
+    dir: PathBuf,
+    opts: LogOptions,
+    state: RwLock<State>,
+    cache: segment::Cache,
+    watch: watch::Sender<Seq>,
+    /// Serializes retention runs; readers and the writer never take it.
+    retention: Mutex<()>,
+}
+
+/// The durable shape of the log, as readers may see it.
+///
+/// A `parking_lot::RwLock` rather than a tokio lock: it is held for a few
+/// field reads or one `extend`, never across I/O.
+struct State {
+    first_seq: Seq,
+    next_seq: Seq,
+    sealed: VecDeque<SealedInfo>,
+    active: Active,
+}
+
+struct SealedInfo {
+    base: Seq,
+    log_len: u64,
+    idx_len: u64,
+}
+
+struct Active {
+    base: Seq,
+    file: Arc<File>,
+    /// Positions of the durable records of the active segment.
+    positions: Vec<u32>,
+    /// Durable length of the active segment.
+    len: u64,
+}
+
+/// Where a seq lives, as found under the state lock.
+enum Place {
+    Active,
+    Sealed { base: Seq, count: u64 },
+}
+
+impl State {
+    /// Where `seq` lives; `None` if it is below every segment (trimmed).
+    fn place(&self, seq: Seq) -> Option<Place> {
+        if seq >= self.active.base {
+            return Some(Place::Active);
+        }
+        let i = self
+            .sealed
+            .partition_point(|s| s.base <= seq)
+            .checked_sub(1)?;
+        let base = self.sealed[i].base;
+        let end = self
+            .sealed
+            .get(i + 1)
+            .map_or(self.active.base, |next| next.base);
+        Some(Place::Sealed {
+            base,
+            count: end - base,
+        })
+    }
+}
+
+/// A contiguous run of records to read with one pread.
+struct Chunk {
+    file: ChunkFile,
+    seq: Seq,
+    start: u64,
+    end: u64,
+    count: usize,
+    /// The run stopped early because of the byte budget.
+    limited: bool,
+}
+
+enum ChunkFile {
+    Active(Arc<File>),
+    Sealed(Arc<Sealed>),
+}
+
+impl ChunkFile {
+    fn file(&self) -> &File {
+        match self {
+            ChunkFile::Active(f) => f,
+            ChunkFile::Sealed(s) => &s.log,
+        }
+    }
+}
+
+impl TopicLog {
+    /// Opens or creates the log in `dir`.
+    ///
+    /// Recovery reads only the last segment: it keeps the records whose
+    /// checksums match and whose seqs follow on, and cuts the file there (a
+    /// torn write is never served and later appends overwrite it).
+    pub fn open(dir: &Path, opts: LogOptions) -> Result<TopicLog> {
+        let opts = LogOptions {
+            segment_bytes: opts.segment_bytes.clamp(1, MAX_SEGMENT_BYTES),
+            ..opts
+        };
+        fs::create_dir_all(dir)?;
+        let persisted_first = read_first_seq(dir);
+        let mut bases = segment::list(dir)?;
+        if bases.is_empty() {
+            let base = persisted_first.unwrap_or(1).max(1);
+            File::create(log_path(dir, base))?;
+            segment::sync_dir(dir)?;
+            bases.push(base);
+        }
+        let last = *bases.last().expect("at least one segment");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(log_path(dir, last))?;
+        let scanned = segment::scan(&file, last)?;
+        if scanned.valid_len < scanned.file_len {
+            tracing::warn!(
+                dir = %dir.display(),
+                segment = last,
+                kept = scanned.positions.len(),
+                cut_bytes = scanned.file_len - scanned.valid_len,
+                "cutting torn or corrupt tail of the log"
+            );
+            file.set_len(scanned.valid_len)?;
+            file.sync_all()?;
+        }
+        // The active segment's index lives in memory; a stale file would only mislead.
+        match fs::remove_file(segment::idx_path(dir, last)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+        let mut sealed = VecDeque::with_capacity(bases.len());
+        for &base in &bases[..bases.len() - 1] {
+            let log_len = fs::metadata(log_path(dir, base))?.len();
+            let idx_len = fs::metadata(segment::idx_path(dir, base)).map_or(0, |m| m.len());
+            sealed.push_back(SealedInfo {
+                base,
+                log_len,
+                idx_len,
+            });
+        }
+        let next_seq = last + scanned.positions.len() as u64;
+        let first_seq = persisted_first.unwrap_or(0).max(bases[0]).min(next_seq);
+        let state = State {
+            first_seq,
+            next_seq,
+            sealed,
+            active: Active {
+                base: last,
+                file: Arc::new(file),
+                positions: scanned.positions,
+                len: scanned.valid_len,
+            },
+        };
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            cache: segment::Cache::new(dir.to_path_buf(), opts.fsync),
+            opts,
+            state: RwLock::new(state),
+            watch: watch::Sender::new(next_seq),
+            retention: Mutex::new(()),
+        });
+        let (tx, rx) = mpsc::channel();
+        let log = TopicLog {
+            inner: Arc::new(Inner {
+                shared: shared.clone(),
+                tx,
+            }),
+        };
+        // Keeps published_at from going backwards across a restart.
+        let last_published = match scanned.last_published_at {
+            Some(t) => t,
+            None if next_seq > first_seq => log.published_at(next_seq - 1).unwrap_or(0),
+            None => 0,
+        };
+        let writer = Writer::new(shared, last_published);
+        std::thread::Builder::new()
+            .name("courier-log-writer".into())
+            .spawn(move || writer.run(rx))?;
+        Ok(log)
+    }
+
+    /// Appends `records` in order with contiguous seqs and returns once they
+    /// are durable. The writer shares one write and one fsync among every
+    /// append queued at the time. Dropping the future does not cancel the append.
+    pub async fn append(&self, records: Vec<AppendRecord>) -> Result<Appended> {
+        if records.is_empty() {
+            return Ok(Appended {
+                first_seq: self.next_seq(),
+                published_at: courier_core::clock::wall_now(),
+            });
+        }
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Cmd::Append { records, reply })
+            .map_err(|_| Error::ShuttingDown)?;
+        rx.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Reads up to `max` messages with seq >= max(`from`, first_seq), stopping
+    /// once about `max_bytes` of records are read (but returning at least one).
+    /// The bodies share one buffer per segment run instead of being copied.
+    pub fn read(&self, from: Seq, max: usize, max_bytes: usize) -> Result<Vec<Message>> {
+        let mut out = Vec::new();
+        let mut seq = from;
+        let mut bytes_left = max_bytes;
+        while out.len() < max {
+            let Some(chunk) = self.plan(seq, max - out.len(), bytes_left, out.is_empty())? else {
+                break;
+            };
+            if chunk.count == 0 {
+                break;
+            }
+            let mut buf = vec![0u8; (chunk.end - chunk.start) as usize];
+            chunk.file.file().read_exact_at(&mut buf, chunk.start)?;
+            let buf = Bytes::from(buf);
+            let mut at = 0;
+            for i in 0..chunk.count as u64 {
+                let (message, len) = record::decode(&buf, at)?;
+                if message.seq != chunk.seq + i {
+                    return Err(Error::Corrupt(format!(
+                        "expected seq {} in {}, found {}",
+                        chunk.seq + i,
+                        self.inner.shared.dir.display(),
+                        message.seq
+                    )));
+                }
+                at += len;
+                out.push(message);
+            }
+            bytes_left = bytes_left.saturating_sub(buf.len());
+            seq = chunk.seq + chunk.count as u64;
+            if chunk.limited {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Plans the next run of records to read from `seq` on, within one segment.
+    fn plan(
+        &self,
+        seq: Seq,
+        max: usize,
+        bytes_left: usize,
+        at_least_one: bool,
+    ) -> Result<Option<Chunk>> {
+        let shared = &self.inner.shared;
+        // A retention run may delete a sealed segment between the state lookup
+        // and opening it; the next attempt then starts at the new first_seq.
+        let mut attempts = 0;
+        loop {
+            let (seq, base, count) = {
+                let st = shared.state.read();
+                let seq = seq.max(st.first_seq);
+                if seq >= st.next_seq {
+                    return Ok(None);
+                }
+                match st.place(seq).ok_or_else(|| trimmed(seq))? {
+                    Place::Active => {
+                        let a = &st.active;
+                        let i = (seq - a.base) as usize;
+                        let n = max.min(a.positions.len() - i);
+                        let window = &a.positions[i..a.positions.len().min(i + n + 1)];
+                        let (start, end, count) = span(window, a.len, n, bytes_left, at_least_one);
+                        return Ok(Some(Chunk {
+                            file: ChunkFile::Active(a.file.clone()),
+                            seq,
+                            start,
+                            end,
+                            count,
+                            limited: count < n,
+                        }));
+                    }
+                    Place::Sealed { base, count } => (seq, base, count),
+                }
+            };
+            let seg = match shared.cache.get(base, count) {
+                Ok(seg) => seg,
+                Err(Error::Io(e)) if e.kind() == io::ErrorKind::NotFound && attempts < 3 => {
+                    attempts += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let i = seq - base;
+            if i >= seg.count {
+                return Err(Error::Corrupt(format!(
+                    "seq {seq} is missing from damaged segment {base} in {}",
+                    shared.dir.display()
+                )));
+            }
+            let remaining = seg.count - i;
+            let n = (max as u64).min(remaining) as usize;
+            let window = seg.positions(i, (n as u64 + 1).min(remaining))?;
+            let (start, end, count) = span(&window, seg.log_len, n, bytes_left, at_least_one);
+            return Ok(Some(Chunk {
+                file: ChunkFile::Sealed(seg),
+                seq,
+                start,
+                end,
+                count,
+                limited: count < n,
+            }));
+        }
+    }
+
+    /// The message with this seq, if it is retained and durable.
+    pub fn read_one(&self, seq: Seq) -> Result<Option<Message>> {
+        if seq < self.first_seq() {
+            return Ok(None);
+        }
+        Ok(self.read(seq, 1, 0)?.pop().filter(|m| m.seq == seq))
+    }
+
+    /// Oldest retained seq; equals `next_seq` when nothing is retained.
+    pub fn first_seq(&self) -> Seq {
+        self.inner.shared.state.read().first_seq
+    }
+
+    /// The seq the next durable record gets; readers see every seq below it.
+    pub fn next_seq(&self) -> Seq {
+        self.inner.shared.state.read().next_seq
+    }
+
+    /// The first retained seq published at or after `t` (`next_seq` if none):
+    /// a binary search over seqs, two short preads per probe, since
+    /// published_at never decreases along the log.
+    pub fn seq_for_time(&self, t: Millis) -> Result<Seq> {
+        let (mut lo, mut hi) = {
+            let st = self.inner.shared.state.read();
+            (st.first_seq, st.next_seq)
+        };
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.published_at(mid)? < t {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
+    }
+
+    /// Where record `seq` starts, and the file holding it.
+    fn locate(&self, seq: Seq) -> Result<(ChunkFile, u64)> {
+        let shared = &self.inner.shared;
+        let (base, count) = {
+            let st = shared.state.read();
+            if seq >= st.next_seq {
+                return Err(Error::Storage(format!("seq {seq} is not in the log")));
+            }
+            match st.place(seq).ok_or_else(|| trimmed(seq))? {
+                Place::Active => {
+                    let pos = st.active.positions[(seq - st.active.base) as usize];
+                    return Ok((ChunkFile::Active(st.active.file.clone()), pos as u64));
+                }
+                Place::Sealed { base, count } => (base, count),
+            }
+        };
+        let seg = shared.cache.get(base, count)?;
+        if seq - base >= seg.count {
+            return Err(Error::Corrupt(format!(
+                "seq {seq} is missing from damaged segment {base}"
+            )));
+        }
+        let pos = seg.positions(seq - base, 1)?[0] as u64;
+        Ok((ChunkFile::Sealed(seg), pos))
+    }
+
+    /// The publish time of `seq`. A seq trimmed meanwhile by retention counts
+    /// as older than anything retained, so a search racing retention moves on.
+    fn published_at(&self, seq: Seq) -> Result<Millis> {
+        let read = |seq| -> Result<Millis> {
+            let (file, pos) = self.locate(seq)?;
+            let mut prefix = [0u8; record::TIME_PREFIX];
+            file.file().read_exact_at(&mut prefix, pos)?;
+            Ok(u64::from_le_bytes(
+                prefix[frame::HEADER + 8..].try_into().expect("8 bytes"),
+            ))
+        };
+        match read(seq) {
+            Err(_) if seq < self.first_seq() => Ok(0),
+            result => result,
+        }
+    }
+
+    /// Applies `retention` as of `now` and returns the new first_seq.
+    ///
+    /// Each limit moves first_seq (persisted before any file is deleted); only
+    /// sealed segments entirely below it are deleted, so the disk usage can
+    /// exceed `max_bytes` by up to one segment. `max_bytes` counts record bytes
+    /// in `.log` files.
+    pub fn enforce_retention(&self, retention: &Retention, now: Millis) -> Result<Seq> {
+        let shared = &self.inner.shared;
+        let _serial = shared.retention.lock();
+        let (first, next) = {
+            let st = shared.state.read();
+            (st.first_seq, st.next_seq)
+        };
+        let mut target = first;
+        if let Some(max) = retention.max_messages {
+            target = target.max(next.saturating_sub(max));
+        }
+        if let Some(age) = retention.max_age {
+            let cutoff = now.saturating_sub(age.as_millis() as u64);
+            target = target.max(self.seq_for_time(cutoff)?);
+        }
+        if let Some(max) = retention.max_bytes {
+            target = target.max(self.seq_for_bytes(max)?);
+        }
+        let target = target.min(next);
+        if target > first {
+            shared.state.write().first_seq = target;
+            write_first_seq(&shared.dir, target, shared.opts.fsync)?;
+        }
+        let doomed: Vec<SealedInfo> = {
+            let mut st = shared.state.write();
+            let mut doomed = Vec::new();
+            while !st.sealed.is_empty() {
+                let end = st.sealed.get(1).map_or(st.active.base, |s| s.base);
+                if end > st.first_seq {
+                    break;
+                }
+                doomed.extend(st.sealed.pop_front());
+            }
+            doomed
+        };
+        if let Some(last) = doomed.last() {
+            shared.cache.forget_below(last.base + 1);
+            for seg in &doomed {
+                for path in [
+                    log_path(&shared.dir, seg.base),
+                    segment::idx_path(&shared.dir, seg.base),
+                ] {
+                    match fs::remove_file(&path) {
+                        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
+                        _ => {}
+                    }
+                }
+            }
+            if shared.opts.fsync {
+                segment::sync_dir(&shared.dir)?;
+            }
+        }
+        Ok(self.first_seq())
+    }
+
+    /// The smallest seq from which the retained records fit in `max_bytes`.
+    fn seq_for_bytes(&self, max_bytes: u64) -> Result<Seq> {
+        let segments: Vec<(Seq, u64, u64)> = {
+            let st = self.inner.shared.state.read();
+            let mut v: Vec<_> = st
+                .sealed
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let end = st.sealed.get(i + 1).map_or(st.active.base, |n| n.base);
+                    (s.base, end - s.base, s.log_len)
+                })
+                .collect();
+            v.push((
+                st.active.base,
+                st.active.positions.len() as u64,
+                st.active.len,
+            ));
+            v
+        };
+        let mut later = 0u64;
+        for &(base, count, len) in segments.iter().rev() {
+            if later + len <= max_bytes {
+                later += len;
+                continue;
+            }
+            // The cut falls in this segment: keep the records starting at or
+            // after `threshold`.
+            let threshold = len - (max_bytes - later);
+            let (mut lo, mut hi) = (0u64, count);
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                if self.locate(base + mid)?.1 < threshold {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            return Ok(base + lo);
+        }
+        Ok(segments[0].0)
+    }
+
+    /// (messages retained, bytes of segment and index files on disk).
+    pub fn usage(&self) -> (u64, u64) {
+        let st = self.inner.shared.state.read();
+        let sealed: u64 = st.sealed.iter().map(|s| s.log_len + s.idx_len).sum();
+        (st.next_seq - st.first_seq, sealed + st.active.len)
+    }
+
+    /// A watch of `next_seq`, updated after each durable commit.
+    pub fn watch(&self) -> watch::Receiver<Seq> {
+        self.inner.shared.watch.subscribe()
+    }
+
+    /// Commits what is queued, then stops the writer; appends made after this
+    /// fail with [`Error::ShuttingDown`]. Reads keep working.
+    pub async fn close(&self) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        if self.inner.tx.send(Cmd::Close(reply)).is_err() {
+            return Ok(());
+        }
+        rx.await.unwrap_or(Ok(()))
+    }
+}
+
+/// Chooses how many of the `n` records starting at `window[0]` to read so
+/// that they take at most `bytes_left` bytes (one at least when
+/// `at_least_one`). `window` holds the positions of those records and maybe
+/// the next one; `seg_end` ends the last record of the segment.
+/// Returns (start, end, count).
+fn span(
+    window: &[u32],
+    seg_end: u64,
+    n: usize,
+    bytes_left: usize,
+    at_least_one: bool,
+) -> (u64, u64, usize) {
+    let start = window[0] as u64;
+    let end_of = |k: usize| window.get(k).map_or(seg_end, |&p| p as u64);
+    let fits = |k: usize| end_of(k) - start <= bytes_left as u64;
+    // Largest k in 0..=n that fits; k = 0 always does.
+    let (mut lo, mut hi) = (0, n);
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    let count = if lo == 0 && at_least_one && n > 0 {
+        1
+    } else {
+        lo
+    };
+    (start, end_of(count), count)
+}
+
+fn trimmed(seq: Seq) -> Error {
+    Error::Storage(format!("seq {seq} is no longer retained"))
+}
+
+fn read_first_seq(dir: &Path) -> Option<Seq> {
+    let text = fs::read_to_string(dir.join(FIRST_SEQ_FILE)).ok()?;
+    match text.trim().parse() {
+        Ok(seq) => Some(seq),
+        Err(_) => {
+            tracing::warn!(dir = %dir.display(), "ignoring unreadable first_seq file");
+            None
+        }
+    }
+}
+
+fn write_first_seq(dir: &Path, seq: Seq, fsync: bool) -> Result<()> {
+    let tmp = dir.join("first_seq.tmp");
+    let mut file = File::create(&tmp)?;
+    writeln!(file, "{seq}")?;
+    if fsync {
+        file.sync_data()?;
+    }
+    fs::rename(&tmp, dir.join(FIRST_SEQ_FILE))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn span_respects_budget_and_minimum() {
+        let window = [0u32, 10, 20, 30];
+        assert_eq!(span(&window, 40, 4, 1000, true), (0, 40, 4));
+        assert_eq!(span(&window, 40, 3, 1000, true), (0, 30, 3));
+        assert_eq!(span(&window, 40, 4, 25, true), (0, 20, 2));
+        assert_eq!(span(&window, 40, 4, 5, true), (0, 10, 1));
+        assert_eq!(span(&window, 40, 4, 5, false), (0, 0, 0));
+    }
+}

@@ -1,0 +1,259 @@
+//! The client commands: each turns its flags into one or a few API calls and
+//! prints the answer through `output`.
+
+use std::io::{BufRead, Read};
+use std::time::Duration;
+
+use bytes::Bytes;
+use courier_client::wire::{NackBody, PublishMessage, PullBody};
+use courier_client::{Client, Publish};
+use courier_core::{SubscriptionConfig, TopicConfig};
+
+use crate::args::{
+    Command, DlqCommand, Global, PublishArgs, PullArgs, SubscriptionCommand, SubscriptionCreate,
+    TailArgs, TopicCommand,
+};
+use crate::output::Output;
+use crate::Failure;
+
+/// Lines of `publish --file` sent per request.
+const FILE_BATCH: usize = 500;
+/// How long each `tail` pull waits; the server shortens it to its own maximum.
+const TAIL_WAIT: Duration = Duration::from_secs(30);
+
+pub(crate) async fn run(global: Global, command: Command) -> Result<(), Failure> {
+    let client = Client::new(&global.server)?;
+    let out = Output::new(global.json);
+    match command {
+        Command::Serve(_) => unreachable!("handled in main"),
+        Command::Topic(c) => topic(&client, &out, c).await,
+        Command::Subscription(c) => subscription(&client, &out, c).await,
+        Command::Publish(args) => publish(&client, &out, args).await,
+        Command::Pull(args) => pull(&client, &out, args).await,
+        Command::Tail(args) => tail(&client, &out, args).await,
+        Command::Ack(args) => {
+            client.ack(&args.subscription, &args.seqs).await?;
+            out.done(&format!("acked {}", args.seqs.len()));
+            Ok(())
+        }
+        Command::Nack(args) => {
+            let body = NackBody {
+                seqs: args.seqs.clone(),
+                delay_ms: args.delay.map(|d| d.as_millis() as u64),
+                error: args.error,
+            };
+            client.nack(&args.subscription, &body).await?;
+            out.done(&format!("nacked {}", args.seqs.len()));
+            Ok(())
+        }
+        Command::Dlq(DlqCommand::List { subscription, max }) => {
+            out.messages(&client.dead_letters(&subscription, max).await?);
+            Ok(())
+        }
+        Command::Dlq(DlqCommand::Replay {
+            subscription,
+            up_to,
+        }) => {
+            let n = client.replay_dead_letters(&subscription, up_to).await?;
+            out.value(
+                &serde_json::json!({ "replayed": n }),
+                &format!("replayed {n}"),
+            );
+            Ok(())
+        }
+        Command::Stats => {
+            out.stats(&client.stats().await?);
+            Ok(())
+        }
+    }
+}
+
+async fn topic(client: &Client, out: &Output, command: TopicCommand) -> Result<(), Failure> {
+    match command {
+        TopicCommand::Create {
+            name,
+            dedup_window,
+            max_age,
+            max_bytes,
+            max_messages,
+        } => {
+            let mut config = TopicConfig::default();
+            if let Some(w) = dedup_window {
+                config.dedup_window = w;
+            }
+            config.retention.max_age = max_age;
+            config.retention.max_bytes = max_bytes;
+            config.retention.max_messages = max_messages;
+            let created = client.create_topic(&name, &config).await?;
+            out.topic(&created.value, Some(created.created));
+        }
+        TopicCommand::List => out.topics(&client.list_topics().await?),
+        TopicCommand::Show { name } => out.topic(&client.topic(&name).await?, None),
+        TopicCommand::Delete { name } => {
+            client.delete_topic(&name).await?;
+            out.done(&format!("deleted topic {name}"));
+        }
+    }
+    Ok(())
+}
+
+async fn subscription(
+    client: &Client,
+    out: &Output,
+    command: SubscriptionCommand,
+) -> Result<(), Failure> {
+    match command {
+        SubscriptionCommand::Create(args) => {
+            let name = args.name.clone();
+            let config = subscription_config(args);
+            let created = client.create_subscription(&name, &config).await?;
+            out.subscription(&created.value, Some(created.created));
+        }
+        SubscriptionCommand::List => out.subscriptions(&client.list_subscriptions().await?),
+        SubscriptionCommand::Show { name } => {
+            out.subscription(&client.subscription(&name).await?, None)
+        }
+        SubscriptionCommand::Delete { name } => {
+            client.delete_subscription(&name).await?;
+            out.done(&format!("deleted subscription {name}"));
+        }
+    }
+    Ok(())
+}
+
+fn subscription_config(a: SubscriptionCreate) -> SubscriptionConfig {
+    let mut c = SubscriptionConfig::for_topic(a.topic);
+    if let Some(v) = a.start {
+        c.start = v;
+    }
+    if let Some(v) = a.ack_deadline {
+        c.ack_deadline = v;
+    }
+    if let Some(v) = a.max_in_flight {
+        c.max_in_flight = v;
+    }
+    if let Some(v) = a.max_in_flight_per_consumer {
+        c.max_in_flight_per_consumer = v;
+    }
+    if let Some(v) = a.max_attempts {
+        c.retry.max_attempts = v;
+    }
+    if let Some(v) = a.initial_backoff {
+        c.retry.initial_backoff = v;
+    }
+    if let Some(v) = a.max_backoff {
+        c.retry.max_backoff = v;
+    }
+    if let Some(v) = a.backoff_multiplier {
+        c.retry.multiplier = v;
+    }
+    if let Some(v) = a.jitter {
+        c.retry.jitter = v;
+    }
+    c.dead_letter_topic = a.dead_letter_topic;
+    c.ordered = a.ordered;
+    c
+}
+
+async fn publish(client: &Client, out: &Output, a: PublishArgs) -> Result<(), Failure> {
+    let headers = a.headers.iter().cloned().collect();
+    let Some(file) = &a.file else {
+        let body = match &a.body {
+            Some(body) => Bytes::from(body.clone()),
+            None => {
+                let mut buf = Vec::new();
+                std::io::stdin()
+                    .read_to_end(&mut buf)
+                    .map_err(|e| Failure::usage(format!("cannot read stdin: {e}")))?;
+                Bytes::from(buf)
+            }
+        };
+        let options = Publish {
+            id: a.id.clone(),
+            key: a.key.clone(),
+            headers,
+            content_type: a.content_type.clone(),
+            delay: a.delay,
+            deliver_at: None,
+        };
+        let receipt = client.publish(&a.topic, body, &options).await?;
+        out.receipt(&receipt);
+        return Ok(());
+    };
+
+    let reader: Box<dyn BufRead> = if file.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        let f = std::fs::File::open(file)
+            .map_err(|e| Failure::usage(format!("cannot open {}: {e}", file.display())))?;
+        Box::new(std::io::BufReader::new(f))
+    };
+    let mut header_map: courier_core::Headers = headers;
+    if let Some(ct) = &a.content_type {
+        header_map.insert("content-type".into(), ct.clone());
+    }
+    let mut batch = Vec::with_capacity(FILE_BATCH);
+    for (n, line) in reader.lines().enumerate() {
+        let line = line.map_err(|e| Failure::usage(format!("cannot read line {}: {e}", n + 1)))?;
+        let mut m = PublishMessage::new(line);
+        m.id = a.id.as_ref().map(|prefix| format!("{prefix}-{}", n + 1));
+        m.key = a.key.clone();
+        m.headers = header_map.clone();
+        m.delay_ms = a.delay.map(|d| d.as_millis() as u64);
+        batch.push(m);
+        if batch.len() == FILE_BATCH {
+            for r in client
+                .publish_batch(&a.topic, std::mem::take(&mut batch))
+                .await?
+            {
+                out.receipt(&r);
+            }
+        }
+    }
+    if !batch.is_empty() {
+        for r in client.publish_batch(&a.topic, batch).await? {
+            out.receipt(&r);
+        }
+    }
+    Ok(())
+}
+
+async fn pull(client: &Client, out: &Output, a: PullArgs) -> Result<(), Failure> {
+    let body = PullBody {
+        consumer: a.consumer,
+        max_messages: Some(a.max),
+        wait_ms: a.wait.map(|w| w.as_millis() as u64),
+    };
+    let deliveries = client.pull(&a.subscription, &body).await?;
+    out.deliveries(&deliveries);
+    if a.ack && !deliveries.is_empty() {
+        let seqs: Vec<_> = deliveries.iter().map(|d| d.seq).collect();
+        client.ack(&a.subscription, &seqs).await?;
+    }
+    Ok(())
+}
+
+async fn tail(client: &Client, out: &Output, a: TailArgs) -> Result<(), Failure> {
+    let mut remaining = a.count.unwrap_or(u64::MAX);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    while remaining > 0 {
+        let body = PullBody {
+            consumer: a.consumer.clone(),
+            max_messages: Some(remaining.min(100) as u32),
+            wait_ms: Some(TAIL_WAIT.as_millis() as u64),
+        };
+        let deliveries = tokio::select! {
+            _ = &mut ctrl_c => return Ok(()),
+            result = client.pull(&a.subscription, &body) => result?,
+        };
+        for d in &deliveries {
+            out.delivery_line(d);
+            if a.ack {
+                client.ack(&a.subscription, &[d.seq]).await?;
+            }
+        }
+        remaining = remaining.saturating_sub(deliveries.len() as u64);
+    }
+    Ok(())
+}

@@ -1,0 +1,226 @@
+//! Human-readable output by default; `--json` prints the API's own JSON so
+//! scripts see exactly what the broker answered.
+
+use courier_client::wire::{DeliveryView, MessageView};
+use courier_core::{Headers, PublishReceipt, Stats, SubscriptionInfo, TopicInfo};
+use serde::Serialize;
+
+pub(crate) struct Output {
+    json: bool,
+}
+
+impl Output {
+    pub fn new(json: bool) -> Self {
+        Self { json }
+    }
+
+    fn print_json<T: Serialize + ?Sized>(&self, value: &T) {
+        match serde_json::to_string(value) {
+            Ok(s) => println!("{s}"),
+            Err(e) => eprintln!("error: cannot print JSON: {e}"),
+        }
+    }
+
+    /// A value: as JSON, or the human line.
+    pub fn value<T: Serialize>(&self, value: &T, human: &str) {
+        if self.json {
+            self.print_json(value);
+        } else {
+            println!("{human}");
+        }
+    }
+
+    /// Commands with nothing to show: silent in JSON mode (the exit code says it all).
+    pub fn done(&self, human: &str) {
+        if !self.json {
+            println!("{human}");
+        }
+    }
+
+    pub fn topic(&self, t: &TopicInfo, created: Option<bool>) {
+        if self.json {
+            return self.print_json(t);
+        }
+        match created {
+            Some(true) => println!("created topic {}", t.name),
+            Some(false) => println!("topic {} already exists (identical)", t.name),
+            None => {}
+        }
+        println!("name:          {}", t.name);
+        println!("messages:      {}", t.messages);
+        println!("bytes:         {}", t.bytes);
+        println!("sequences:     {}..{}", t.first_seq, t.next_seq);
+        println!("dedup window:  {} ms", t.config.dedup_window.as_millis());
+        let r = &t.config.retention;
+        let limit = |v: Option<u64>| v.map_or("unlimited".to_string(), |v| v.to_string());
+        println!(
+            "retention:     max_age={} max_bytes={} max_messages={}",
+            r.max_age
+                .map_or("unlimited".to_string(), |d| format!("{}ms", d.as_millis())),
+            limit(r.max_bytes),
+            limit(r.max_messages)
+        );
+    }
+
+    pub fn topics(&self, topics: &[TopicInfo]) {
+        if self.json {
+            return self.print_json(topics);
+        }
+        println!(
+            "{:<32} {:>10} {:>12} {:>10} {:>10}",
+            "NAME", "MESSAGES", "BYTES", "FIRST", "NEXT"
+        );
+        for t in topics {
+            println!(
+                "{:<32} {:>10} {:>12} {:>10} {:>10}",
+                t.name, t.messages, t.bytes, t.first_seq, t.next_seq
+            );
+        }
+    }
+
+    pub fn subscription(&self, s: &SubscriptionInfo, created: Option<bool>) {
+        if self.json {
+            return self.print_json(s);
+        }
+        match created {
+            Some(true) => println!("created subscription {}", s.name),
+            Some(false) => println!("subscription {} already exists (identical)", s.name),
+            None => {}
+        }
+        let c = &s.config;
+        println!("name:          {}", s.name);
+        println!("topic:         {}", c.topic);
+        println!("start:         {:?}", c.start);
+        println!("ack deadline:  {} ms", c.ack_deadline.as_millis());
+        println!(
+            "in flight:     {} (max {}, {} per consumer)",
+            s.in_flight, c.max_in_flight, c.max_in_flight_per_consumer
+        );
+        println!("backlog:       {}", s.backlog);
+        println!("waiting:       {}", s.waiting);
+        println!("ack floor:     {}", s.ack_floor);
+        println!(
+            "retry:         max {} attempts, backoff {}ms..{}ms x{} jitter {}",
+            c.retry.max_attempts,
+            c.retry.initial_backoff.as_millis(),
+            c.retry.max_backoff.as_millis(),
+            c.retry.multiplier,
+            c.retry.jitter
+        );
+        println!("dead letters:  {}", c.dead_letter_topic_for(&s.name));
+        println!("ordered:       {}", c.ordered);
+        println!(
+            "totals:        delivered {} acked {} dead-lettered {}",
+            s.delivered_total, s.acked_total, s.dead_lettered_total
+        );
+    }
+
+    pub fn subscriptions(&self, subs: &[SubscriptionInfo]) {
+        if self.json {
+            return self.print_json(subs);
+        }
+        println!(
+            "{:<32} {:<24} {:>9} {:>9} {:>8} {:>10} {:>6}",
+            "NAME", "TOPIC", "BACKLOG", "IN_FLIGHT", "WAITING", "ACK_FLOOR", "DEAD"
+        );
+        for s in subs {
+            println!(
+                "{:<32} {:<24} {:>9} {:>9} {:>8} {:>10} {:>6}",
+                s.name,
+                s.config.topic,
+                s.backlog,
+                s.in_flight,
+                s.waiting,
+                s.ack_floor,
+                s.dead_lettered_total
+            );
+        }
+    }
+
+    pub fn receipt(&self, r: &PublishReceipt) {
+        if self.json {
+            return self.print_json(r);
+        }
+        let dup = if r.duplicate { " (duplicate)" } else { "" };
+        println!("seq={} id={}{dup}", r.seq, r.id);
+    }
+
+    pub fn deliveries(&self, deliveries: &[DeliveryView]) {
+        if self.json {
+            return self.print_json(deliveries);
+        }
+        if deliveries.is_empty() {
+            println!("no messages");
+        }
+        for d in deliveries {
+            self.delivery_line(d);
+        }
+    }
+
+    /// One delivery; in JSON mode one object per line, for streams.
+    pub fn delivery_line(&self, d: &DeliveryView) {
+        if self.json {
+            return self.print_json(d);
+        }
+        println!(
+            "#{} id={} attempt={}{}{}",
+            d.seq,
+            d.id,
+            d.attempt,
+            d.key
+                .as_ref()
+                .map(|k| format!(" key={k}"))
+                .unwrap_or_default(),
+            headers(&d.headers)
+        );
+        println!("  {}", body(d.body.as_deref(), d.body_base64.as_deref()));
+    }
+
+    pub fn messages(&self, messages: &[MessageView]) {
+        if self.json {
+            return self.print_json(messages);
+        }
+        if messages.is_empty() {
+            println!("no messages");
+        }
+        for m in messages {
+            println!(
+                "#{} id={}{}{}",
+                m.seq,
+                m.id,
+                m.key
+                    .as_ref()
+                    .map(|k| format!(" key={k}"))
+                    .unwrap_or_default(),
+                headers(&m.headers)
+            );
+            println!("  {}", body(m.body.as_deref(), m.body_base64.as_deref()));
+        }
+    }
+
+    pub fn stats(&self, s: &Stats) {
+        if self.json {
+            return self.print_json(s);
+        }
+        println!("topics:          {}", s.topics);
+        println!("subscriptions:   {}", s.subscriptions);
+        println!("messages:        {}", s.messages);
+        println!("bytes:           {}", s.bytes);
+        println!("published total: {}", s.published_total);
+        println!("delivered total: {}", s.delivered_total);
+        println!("acked total:     {}", s.acked_total);
+        println!("dead-lettered:   {}", s.dead_lettered_total);
+    }
+}
+
+fn headers(h: &Headers) -> String {
+    h.iter().map(|(k, v)| format!(" {k}={v}")).collect()
+}
+
+fn body(text: Option<&str>, b64: Option<&str>) -> String {
+    match (text, b64) {
+        (Some(t), _) => t.to_owned(),
+        (None, Some(b)) => format!("(binary, base64) {b}"),
+        (None, None) => String::new(),
+    }
+}

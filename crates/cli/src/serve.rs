@@ -1,0 +1,63 @@
+use std::io::Write;
+use std::sync::Arc;
+
+use courier_core::Engine;
+use courier_embedded::EmbeddedEngine;
+use courier_server::Config;
+
+use crate::args::ServeArgs;
+use crate::{exit, Failure};
+
+/// Loads the config (file, env, flags), opens the engine, serves until SIGTERM or Ctrl-C.
+pub(crate) async fn serve(args: ServeArgs) -> Result<(), Failure> {
+    let mut config =
+        Config::load(args.config.as_deref()).map_err(|e| Failure::usage(e.to_string()))?;
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    if let Some(dir) = args.data_dir {
+        config.engine.data_dir = dir;
+    }
+    if let Some(format) = args.log_format {
+        config.log.format = format;
+    }
+    if let Some(level) = args.log_level {
+        config.log.level = level;
+    }
+    config
+        .validate()
+        .map_err(|e| Failure::usage(e.to_string()))?;
+    courier_server::init_tracing(&config.log);
+
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|e| {
+            Failure::new(
+                exit::FAILED,
+                format!("cannot listen on {}: {e}", config.server.listen),
+            )
+        })?;
+    let engine: Arc<dyn Engine> =
+        EmbeddedEngine::open(config.engine.clone())
+            .await
+            .map_err(|e| {
+                Failure::new(
+                    exit::FAILED,
+                    format!(
+                        "cannot open the data directory {}: {e}",
+                        config.engine.data_dir.display()
+                    ),
+                )
+            })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Failure::new(exit::FAILED, e.to_string()))?;
+    // One stable line on stdout (logs go to stderr), so scripts and tests that ask
+    // for port 0 learn the real address.
+    println!("courier listening on http://{addr}");
+    let _ = std::io::stdout().flush();
+
+    courier_server::run(config, engine, listener, courier_server::shutdown_signal())
+        .await
+        .map_err(|e| Failure::new(exit::FAILED, e.to_string()))
+}

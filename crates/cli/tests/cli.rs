@@ -1,0 +1,393 @@
+//! Runs the built `courier` binary: the server as a child process, and the
+//! client commands against it.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use courier_client::{Client, Publish};
+use courier_core::TopicConfig;
+
+const BIN: &str = env!("CARGO_BIN_EXE_courier");
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A `courier serve` child process; killed if the test fails before stopping it.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(data_dir: &Path) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env_remove("COURIER_LISTEN")
+            .env_remove("COURIER_DATA_DIR")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn courier serve");
+        // The one line `serve` prints on stdout names the address it bound.
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("courier listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .to_owned();
+        Self { child, url }
+    }
+
+    fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit on its own and returns its exit code.
+    fn wait_exit(&mut self) -> i32 {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().expect("exited, not killed by a signal");
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "server did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(mut self) {
+        self.sigterm();
+        assert_eq!(self.wait_exit(), 0);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn courier(url: &str, args: &[&str]) -> Output {
+    courier_stdin(url, args, None)
+}
+
+fn courier_stdin(url: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("COURIER_URL", url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(bytes) = stdin {
+        input.write_all(bytes).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn json_lines(s: &str) -> Vec<serde_json::Value> {
+    s.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn help_everywhere() {
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["topic", "create", "--help"],
+        vec!["sub", "create", "--help"],
+        vec!["publish", "--help"],
+        vec!["pull", "--help"],
+        vec!["tail", "--help"],
+        vec!["dlq", "replay", "--help"],
+    ] {
+        let out = courier("http://127.0.0.1:1", &args);
+        let text = ok(&out);
+        assert!(text.contains("Usage"), "{args:?}");
+    }
+    assert!(ok(&courier("http://127.0.0.1:1", &["--help"])).contains("Exit codes"));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    assert_eq!(
+        courier("http://127.0.0.1:1", &["bogus"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        courier("http://127.0.0.1:1", &["pull"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        courier("http://127.0.0.1:1", &["publish", "t", "--delay", "soon"])
+            .status
+            .code(),
+        Some(2)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[server]\nlisten_address = 'x'\n").unwrap();
+    let out = courier(
+        "http://127.0.0.1:1",
+        &["serve", "--config", bad.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field"));
+}
+
+#[test]
+fn unreachable_broker_exits_5() {
+    // Port 1 on loopback: nothing listens there.
+    let out = courier("http://127.0.0.1:1", &["stats"]);
+    assert_eq!(out.status.code(), Some(5));
+}
+
+#[test]
+fn client_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let url = server.url.clone();
+
+    assert!(ok(&courier(&url, &["topic", "create", "orders"])).contains("created topic orders"));
+    assert!(ok(&courier(&url, &["topic", "create", "orders"])).contains("already exists"));
+    let out = courier(&url, &["topic", "create", "orders", "--dedup-window", "1s"]);
+    assert_eq!(out.status.code(), Some(4), "conflict");
+    assert_eq!(
+        courier(&url, &["topic", "show", "nope"]).status.code(),
+        Some(3)
+    );
+    assert_eq!(
+        courier(&url, &["topic", "create", "a b"]).status.code(),
+        Some(2)
+    );
+
+    ok(&courier(
+        &url,
+        &[
+            "sub",
+            "create",
+            "work",
+            "--topic",
+            "orders",
+            "--max-attempts",
+            "3",
+            "--ack-deadline",
+            "10s",
+        ],
+    ));
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(&courier(&url, &["--json", "sub", "show", "work"]))).unwrap();
+    assert_eq!(shown["config"]["retry"]["max_attempts"], 3);
+    assert_eq!(shown["config"]["ack_deadline"], 10_000);
+
+    // BODY argument, stdin, and a file with one message per line.
+    let r = json_lines(&ok(&courier(
+        &url,
+        &[
+            "--json", "publish", "orders", "first", "--key", "k", "--header", "trace=t1", "--id",
+            "one",
+        ],
+    )));
+    assert_eq!(r[0]["id"], "one");
+    ok(&courier_stdin(
+        &url,
+        &["publish", "orders"],
+        Some(b"from stdin"),
+    ));
+    let file = dir.path().join("lines.txt");
+    std::fs::write(&file, "a\nb\nc\n").unwrap();
+    let receipts = json_lines(&ok(&courier(
+        &url,
+        &[
+            "--json",
+            "publish",
+            "orders",
+            "--file",
+            file.to_str().unwrap(),
+        ],
+    )));
+    assert_eq!(receipts.len(), 3);
+
+    let topics = ok(&courier(&url, &["topic", "list"]));
+    assert!(topics.contains("orders"));
+
+    // Pull everything and ack it.
+    let pulled: Vec<serde_json::Value> = serde_json::from_str(&ok(&courier(
+        &url,
+        &[
+            "--json", "pull", "work", "--max", "10", "--wait", "2s", "--ack",
+        ],
+    )))
+    .unwrap();
+    let bodies: Vec<_> = pulled.iter().map(|d| d["body"].as_str().unwrap()).collect();
+    assert_eq!(bodies, vec!["first", "from stdin", "a", "b", "c"]);
+    assert_eq!(pulled[0]["headers"]["trace"], "t1");
+    assert_eq!(pulled[0]["key"], "k");
+
+    // tail --count stops by itself.
+    ok(&courier(&url, &["publish", "orders", "x1"]));
+    ok(&courier(&url, &["publish", "orders", "x2"]));
+    let tailed = json_lines(&ok(&courier(
+        &url,
+        &["--json", "tail", "work", "--count", "2", "--ack"],
+    )));
+    assert_eq!(tailed.len(), 2);
+
+    // nack until dead, then the dead-letter commands.
+    ok(&courier(&url, &["publish", "orders", "doomed"]));
+    for attempt in 1..=3 {
+        let d: Vec<serde_json::Value> = serde_json::from_str(&ok(&courier(
+            &url,
+            &["--json", "pull", "work", "--wait", "5s"],
+        )))
+        .unwrap();
+        assert_eq!(d.len(), 1, "attempt {attempt}");
+        assert_eq!(d[0]["attempt"], attempt);
+        let seq = d[0]["seq"].to_string();
+        ok(&courier(
+            &url,
+            &["nack", "work", &seq, "--delay", "0", "--error", "nope"],
+        ));
+    }
+    let start = Instant::now();
+    let dead = loop {
+        let dead: Vec<serde_json::Value> =
+            serde_json::from_str(&ok(&courier(&url, &["--json", "dlq", "list", "work"]))).unwrap();
+        if !dead.is_empty() {
+            break dead;
+        }
+        assert!(start.elapsed() < DEADLINE, "never dead-lettered");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(dead[0]["body"], "doomed");
+    assert!(ok(&courier(&url, &["dlq", "replay", "work"])).contains("replayed 1"));
+    let back: Vec<serde_json::Value> = serde_json::from_str(&ok(&courier(
+        &url,
+        &["--json", "pull", "work", "--wait", "5s", "--ack"],
+    )))
+    .unwrap();
+    assert_eq!(back[0]["body"], "doomed");
+
+    let stats: serde_json::Value =
+        serde_json::from_str(&ok(&courier(&url, &["--json", "stats"]))).unwrap();
+    assert!(stats["published_total"].as_u64().unwrap() >= 8);
+    assert!(ok(&courier(&url, &["sub", "list"])).contains("work"));
+    assert_eq!(
+        courier(&url, &["topic", "delete", "orders"]).status.code(),
+        Some(4)
+    );
+    ok(&courier(&url, &["sub", "delete", "work"]));
+    ok(&courier(&url, &["topic", "delete", "orders"]));
+    assert_eq!(courier(&url, &["ack", "work", "1"]).status.code(), Some(3));
+
+    server.stop();
+}
+
+/// SIGTERM while several publishers are busy: the server exits 0 and every
+/// publish it acknowledged is there after a restart.
+#[test]
+fn sigterm_during_publish_burst_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = Client::new(&server.url).unwrap();
+    runtime
+        .block_on(client.create_topic("burst", &TopicConfig::default()))
+        .unwrap();
+
+    let acknowledged: Arc<Mutex<BTreeMap<u64, String>>> = Arc::default();
+    let publishers: Vec<_> = (0..4)
+        .map(|p| {
+            let client = client.clone();
+            let acknowledged = acknowledged.clone();
+            runtime.spawn(async move {
+                for i in 0.. {
+                    let options = Publish {
+                        id: Some(format!("p{p}-{i}")),
+                        ..Publish::default()
+                    };
+                    match client.publish("burst", format!("{p}:{i}"), &options).await {
+                        Ok(r) => {
+                            acknowledged.lock().unwrap().insert(r.seq, r.id);
+                        }
+                        // Refused or cut off: not acknowledged, so it may or may not be stored.
+                        Err(_) => break,
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // Let the burst get going, then pull the plug mid-stream.
+    let start = Instant::now();
+    while acknowledged.lock().unwrap().len() < 200 {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "publishes are not getting through"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    server.sigterm();
+    assert_eq!(server.wait_exit(), 0, "graceful shutdown exits 0");
+    for p in publishers {
+        runtime.block_on(p).unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(acknowledged.len() >= 200);
+
+    let server = Server::start(dir.path());
+    let client = Client::new(&server.url).unwrap();
+    let mut stored = BTreeMap::new();
+    let mut from = 0;
+    loop {
+        let page = runtime
+            .block_on(client.browse("burst", from, 1000))
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        from = last.seq + 1;
+        for m in page {
+            stored.insert(m.seq, m.id);
+        }
+    }
+    for (seq, id) in &acknowledged {
+        assert_eq!(
+            stored.get(seq),
+            Some(id),
+            "acknowledged seq {seq} ({id}) was lost"
+        );
+    }
+    drop(runtime);
+    server.stop();
+}

@@ -1,0 +1,531 @@
+//! The JSON the HTTP API speaks, shared by the server and this client so the two
+//! cannot drift apart.
+//!
+//! Request types refuse unknown fields (a typo must not silently become a
+//! default); response types accept them, so an older client keeps working
+//! against a newer server. Domain types that already have a stable JSON form
+//! (`TopicInfo`, `SubscriptionConfig`, …) are used as they are from
+//! `courier-core`.
+
+use base64::Engine as _;
+use bytes::Bytes;
+// Field types are spelled out (`u64`, `BTreeMap`) rather than core's aliases
+// (`Seq`, `Headers`) so the OpenAPI generator sees primitives.
+use std::collections::BTreeMap;
+
+use courier_core::{Message, PublishReceipt, SubscriptionInfo, TopicInfo};
+use serde::{Deserialize, Serialize};
+
+#[cfg(feature = "openapi")]
+use utoipa::ToSchema;
+
+/// Media type of every error answer (RFC 9457).
+pub const PROBLEM_JSON: &str = "application/problem+json";
+/// CloudEvents structured mode.
+pub const CLOUDEVENTS_JSON: &str = "application/cloudevents+json";
+
+/// HTTP headers of the single-message publish and the raw pull.
+pub mod headers {
+    /// Client-supplied message id (deduplication key).
+    pub const ID: &str = "courier-id";
+    /// Ordering key.
+    pub const KEY: &str = "courier-key";
+    /// Delivery delay in milliseconds.
+    pub const DELAY: &str = "courier-delay";
+    /// Earliest delivery time: milliseconds since the epoch, or RFC 3339.
+    pub const DELIVER_AT: &str = "courier-deliver-at";
+    /// Prefix of a message header: `Courier-Header-Trace: abc` stores `trace: abc`.
+    pub const HEADER_PREFIX: &str = "courier-header-";
+    /// CloudEvents binary-mode attributes, kept as message headers as they are.
+    pub const CLOUDEVENTS_PREFIX: &str = "ce-";
+    /// Raw pull answers: metadata of the delivered message.
+    pub const SEQ: &str = "courier-seq";
+    pub const ATTEMPT: &str = "courier-attempt";
+    pub const LEASE_DEADLINE: &str = "courier-lease-deadline";
+    pub const PUBLISHED_AT: &str = "courier-published-at";
+}
+
+/// An RFC 9457 problem document: every 4xx/5xx answer of the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Problem {
+    /// A URI naming the problem type: `urn:courier:problem:<code>`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub title: String,
+    pub status: u16,
+    /// Stable machine-readable code, e.g. `topic_not_found`, `malformed_json`.
+    pub code: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// A time given either as milliseconds since the epoch or as an RFC 3339 string.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(untagged)]
+pub enum Timestamp {
+    Millis(u64),
+    Rfc3339(String),
+}
+
+/// One message of a batch publish.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PublishMessage {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// The body as text; use `body_base64` for bytes that are not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_base64: Option<String>,
+    /// Not delivered before this many milliseconds from now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+    /// Not delivered before this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deliver_at: Option<Timestamp>,
+}
+
+impl PublishMessage {
+    /// A message with this body, sent as text when it is UTF-8.
+    pub fn new(body: impl Into<Bytes>) -> Self {
+        let mut message = Self::default();
+        message.set_body(body.into());
+        message
+    }
+
+    pub fn set_body(&mut self, body: Bytes) {
+        (self.body, self.body_base64) = encode_body(&body);
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PublishBatch {
+    pub messages: Vec<PublishMessage>,
+}
+
+/// Receipts in the order the messages were given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct PublishBatchResponse {
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<schema::PublishReceipt>))]
+    pub receipts: Vec<PublishReceipt>,
+}
+
+/// A stored message as the API shows it. Exactly one of `body` (UTF-8) and
+/// `body_base64` (anything else) is present.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct MessageView {
+    pub seq: u64,
+    pub id: String,
+    pub published_at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deliver_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_base64: Option<String>,
+}
+
+impl MessageView {
+    /// The body bytes, whichever way they were encoded.
+    pub fn body_bytes(&self) -> Result<Bytes, base64::DecodeError> {
+        decode_body(self.body.as_deref(), self.body_base64.as_deref())
+    }
+}
+
+impl From<Message> for MessageView {
+    fn from(m: Message) -> Self {
+        let (body, body_base64) = encode_body(&m.body);
+        Self {
+            seq: m.seq,
+            id: m.id,
+            published_at: m.published_at,
+            deliver_at: m.deliver_at,
+            key: m.key,
+            headers: m.headers,
+            body,
+            body_base64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct MessageList {
+    pub messages: Vec<MessageView>,
+}
+
+/// A leased message: the message plus its delivery attempt and lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct DeliveryView {
+    pub seq: u64,
+    pub id: String,
+    /// 1 on first delivery.
+    pub attempt: u32,
+    /// Milliseconds since the epoch when the lease expires unless acked, nacked or extended.
+    pub lease_deadline: u64,
+    pub published_at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deliver_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_base64: Option<String>,
+}
+
+impl DeliveryView {
+    pub fn body_bytes(&self) -> Result<Bytes, base64::DecodeError> {
+        decode_body(self.body.as_deref(), self.body_base64.as_deref())
+    }
+}
+
+impl From<courier_core::Delivery> for DeliveryView {
+    fn from(d: courier_core::Delivery) -> Self {
+        let m = d.message;
+        let (body, body_base64) = encode_body(&m.body);
+        Self {
+            seq: m.seq,
+            id: m.id,
+            attempt: d.attempt,
+            lease_deadline: d.lease_deadline,
+            published_at: m.published_at,
+            deliver_at: m.deliver_at,
+            key: m.key,
+            headers: m.headers,
+            body,
+            body_base64,
+        }
+    }
+}
+
+/// Body of `POST /v1/subscriptions/{name}/pull`; every field is optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PullBody {
+    /// Consumer name for per-consumer flow control; `default` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<String>,
+    /// At most this many messages (default 10, at most 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_messages: Option<u32>,
+    /// Wait up to this long for the first message (default 0, capped at the server's max pull wait).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct PullResponse {
+    pub messages: Vec<DeliveryView>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AckBody {
+    pub seqs: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct NackBody {
+    pub seqs: Vec<u64>,
+    /// Redeliver after this delay instead of the subscription's backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+    /// Why processing failed; kept on the dead letter if this was the last attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ExtendBody {
+    pub seqs: Vec<u64>,
+    /// The new lease deadline is now + `by_ms`.
+    pub by_ms: u64,
+}
+
+/// Exactly one of `seq` and `time`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SeekBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ReplayBody {
+    /// Replay dead letters up to this dead-letter-topic sequence (inclusive); all when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub up_to: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ReplayResponse {
+    pub replayed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct TopicList {
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<schema::TopicInfo>))]
+    pub topics: Vec<TopicInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct SubscriptionList {
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<schema::SubscriptionInfo>))]
+    pub subscriptions: Vec<SubscriptionInfo>,
+}
+
+/// Answer of `/healthz` and `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Health {
+    /// `ok`, or `shutting_down` from `/readyz` while draining.
+    pub status: String,
+}
+
+/// UTF-8 bodies travel as text, anything else as base64.
+pub fn encode_body(body: &[u8]) -> (Option<String>, Option<String>) {
+    match std::str::from_utf8(body) {
+        Ok(text) => (Some(text.to_owned()), None),
+        Err(_) => (
+            None,
+            Some(base64::engine::general_purpose::STANDARD.encode(body)),
+        ),
+    }
+}
+
+/// The bytes of a `body` / `body_base64` pair; neither means an empty body.
+pub fn decode_body(
+    body: Option<&str>,
+    body_base64: Option<&str>,
+) -> Result<Bytes, base64::DecodeError> {
+    match (body, body_base64) {
+        (Some(text), _) => Ok(Bytes::copy_from_slice(text.as_bytes())),
+        (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map(Bytes::from),
+        (None, None) => Ok(Bytes::new()),
+    }
+}
+
+/// OpenAPI schemas of the `courier-core` types the API carries. They mirror the
+/// serde form of those types (durations are whole milliseconds); the server's
+/// tests check that the mirrors and the real serializations agree.
+#[cfg(feature = "openapi")]
+pub mod schema {
+    #![allow(dead_code)]
+
+    use super::ToSchema;
+    use serde::{Deserialize, Serialize};
+
+    // A mirror's default is built from the core type's default, so the defaults
+    // the document shows are the real ones.
+
+    fn ms(d: std::time::Duration) -> u64 {
+        d.as_millis() as u64
+    }
+
+    impl Default for Retention {
+        fn default() -> Self {
+            let r = courier_core::Retention::default();
+            Self {
+                max_age: r.max_age.map(ms),
+                max_bytes: r.max_bytes,
+                max_messages: r.max_messages,
+            }
+        }
+    }
+
+    impl Default for TopicConfig {
+        fn default() -> Self {
+            let c = courier_core::TopicConfig::default();
+            Self {
+                retention: Retention::default(),
+                dedup_window: ms(c.dedup_window),
+            }
+        }
+    }
+
+    impl Default for StartPosition {
+        fn default() -> Self {
+            match courier_core::StartPosition::default() {
+                courier_core::StartPosition::New => Self::New,
+                courier_core::StartPosition::Earliest => Self::Earliest,
+                courier_core::StartPosition::Seq(n) => Self::Seq(n),
+                courier_core::StartPosition::Time(t) => Self::Time(t),
+            }
+        }
+    }
+
+    impl Default for RetryPolicy {
+        fn default() -> Self {
+            let r = courier_core::RetryPolicy::default();
+            Self {
+                initial_backoff: ms(r.initial_backoff),
+                max_backoff: ms(r.max_backoff),
+                multiplier: r.multiplier,
+                max_attempts: r.max_attempts,
+                jitter: r.jitter,
+            }
+        }
+    }
+
+    impl Default for SubscriptionConfig {
+        fn default() -> Self {
+            let c = courier_core::SubscriptionConfig::default();
+            Self {
+                topic: c.topic,
+                start: StartPosition::default(),
+                ack_deadline: ms(c.ack_deadline),
+                max_in_flight: c.max_in_flight,
+                max_in_flight_per_consumer: c.max_in_flight_per_consumer,
+                retry: RetryPolicy::default(),
+                dead_letter_topic: c.dead_letter_topic,
+                ordered: c.ordered,
+            }
+        }
+    }
+
+    /// Retention limits of a topic; the oldest messages go first when any is exceeded.
+    #[derive(ToSchema, Serialize, Deserialize)]
+    #[serde(default)]
+    pub struct Retention {
+        /// Milliseconds.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        max_age: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        max_bytes: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        max_messages: Option<u64>,
+    }
+
+    /// Body of `PUT /v1/topics/{name}`; every field has a default.
+    #[derive(ToSchema, Serialize, Deserialize)]
+    #[serde(default)]
+    pub struct TopicConfig {
+        retention: Retention,
+        /// How long a client-supplied message id is remembered, in milliseconds (default 120000).
+        dedup_window: u64,
+    }
+
+    #[derive(ToSchema)]
+    pub struct TopicInfo {
+        name: String,
+        config: TopicConfig,
+        /// Oldest retained sequence (equals `next_seq` when empty).
+        first_seq: u64,
+        /// The sequence the next message will get.
+        next_seq: u64,
+        messages: u64,
+        bytes: u64,
+    }
+
+    /// Where a new subscription starts: `"new"`, `"earliest"`, `{"seq": n}` or `{"time": ms}`.
+    #[derive(ToSchema, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum StartPosition {
+        New,
+        Earliest,
+        Seq(u64),
+        Time(u64),
+    }
+
+    /// Exponential backoff with jitter between delivery attempts; durations in milliseconds.
+    #[derive(ToSchema, Serialize, Deserialize)]
+    #[serde(default)]
+    pub struct RetryPolicy {
+        initial_backoff: u64,
+        max_backoff: u64,
+        multiplier: f64,
+        /// Attempts before a message is dead-lettered; 0 means never.
+        max_attempts: u32,
+        /// Fraction of the backoff randomised away (0 = none, 1 = full jitter).
+        jitter: f64,
+    }
+
+    /// Body of `PUT /v1/subscriptions/{name}`; only `topic` is required in practice.
+    #[derive(ToSchema, Serialize, Deserialize)]
+    #[serde(default)]
+    pub struct SubscriptionConfig {
+        topic: String,
+        start: StartPosition,
+        /// Lease length in milliseconds (default 30000).
+        ack_deadline: u64,
+        max_in_flight: u32,
+        max_in_flight_per_consumer: u32,
+        retry: RetryPolicy,
+        /// Defaults to `<subscription>.dlq`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        dead_letter_topic: Option<String>,
+        /// One message in flight per ordering key, delivered in order.
+        ordered: bool,
+    }
+
+    #[derive(ToSchema)]
+    pub struct SubscriptionInfo {
+        name: String,
+        config: SubscriptionConfig,
+        /// Every sequence below this is settled.
+        ack_floor: u64,
+        backlog: u64,
+        in_flight: u64,
+        waiting: u64,
+        delivered_total: u64,
+        acked_total: u64,
+        dead_lettered_total: u64,
+    }
+
+    #[derive(ToSchema)]
+    pub struct PublishReceipt {
+        seq: u64,
+        id: String,
+        /// True when this publish repeated an id already stored within the dedup window.
+        duplicate: bool,
+    }
+
+    #[derive(ToSchema)]
+    pub struct Stats {
+        topics: u64,
+        subscriptions: u64,
+        messages: u64,
+        bytes: u64,
+        published_total: u64,
+        delivered_total: u64,
+        acked_total: u64,
+        dead_lettered_total: u64,
+    }
+}

@@ -1,0 +1,206 @@
+//! Segment files: `<base seq, 20 digits>.log` holds the framed records whose
+//! seqs start at the base; `<base>.idx` holds one u32 LE file position per
+//! record, so finding a seq is one short pread.
+//!
+//! Invariant: a segment that is not the last one is complete on disk: the
+//! writer fsyncs its data and writes and fsyncs its index before creating the
+//! next segment. Only the last segment can have a torn tail, and its index
+//! lives in memory (it is rebuilt by scanning on open), so recovery reads one
+//! segment whatever the size of the log.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use courier_core::{Error, Millis, Result, Seq};
+use parking_lot::Mutex;
+
+use super::{frame, record};
+
+pub(crate) fn log_path(dir: &Path, base: Seq) -> PathBuf {
+    dir.join(format!("{base:020}.log"))
+}
+
+pub(crate) fn idx_path(dir: &Path, base: Seq) -> PathBuf {
+    dir.join(format!("{base:020}.idx"))
+}
+
+/// Bases of the segment files in `dir`, ascending.
+pub(crate) fn list(dir: &Path) -> Result<Vec<Seq>> {
+    let mut bases = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(base) = name.strip_suffix(".log").and_then(|s| s.parse().ok()) {
+            bases.push(base);
+        }
+    }
+    bases.sort_unstable();
+    Ok(bases)
+}
+
+/// What a scan of a segment's log file found.
+pub(crate) struct Scanned {
+    pub positions: Vec<u32>,
+    /// End of the last intact record with the expected seq.
+    pub valid_len: u64,
+    pub file_len: u64,
+    pub last_published_at: Option<Millis>,
+}
+
+/// Reads the intact prefix of a segment: records whose checksum matches and
+/// whose seqs continue from `base` without a gap.
+pub(crate) fn scan(file: &File, base: Seq) -> Result<Scanned> {
+    let mut scanner = frame::Scanner::new(file.try_clone()?)?;
+    let mut positions = Vec::new();
+    let mut last_published_at = None;
+    while let Some((pos, payload)) = scanner.next_frame()? {
+        let expected = base + positions.len() as u64;
+        if record::seq_of(payload) != Some(expected) {
+            // A checked frame with the wrong seq: treat it as the start of damage.
+            return Ok(Scanned {
+                positions,
+                valid_len: pos,
+                file_len: scanner.file_len(),
+                last_published_at,
+            });
+        }
+        let pos = u32::try_from(pos).map_err(|_| Error::Corrupt("segment over 4 GiB".into()))?;
+        positions.push(pos);
+        last_published_at = record::published_at_of(payload);
+    }
+    Ok(Scanned {
+        positions,
+        valid_len: scanner.valid_len(),
+        file_len: scanner.file_len(),
+        last_published_at,
+    })
+}
+
+pub(crate) fn encode_index(positions: &[u32]) -> Vec<u8> {
+    positions.iter().flat_map(|p| p.to_le_bytes()).collect()
+}
+
+/// Writes a segment's index file, fsynced when `fsync`.
+pub(crate) fn write_index(dir: &Path, base: Seq, positions: &[u32], fsync: bool) -> Result<()> {
+    let tmp = dir.join(format!("{base:020}.idx.tmp"));
+    let file = File::create(&tmp)?;
+    file.write_all_at(&encode_index(positions), 0)?;
+    if fsync {
+        file.sync_data()?;
+    }
+    fs::rename(&tmp, idx_path(dir, base))?;
+    Ok(())
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// A sealed (not last) segment, opened for reading.
+pub(crate) struct Sealed {
+    pub base: Seq,
+    /// Records present; fewer than the seq range only if the segment was damaged.
+    pub count: u64,
+    pub log: File,
+    idx: File,
+    /// End of the last record.
+    pub log_len: u64,
+}
+
+impl Sealed {
+    /// Opens a sealed segment expected to hold `expected` records, rebuilding
+    /// its index if it is missing or does not match.
+    fn open(dir: &Path, base: Seq, expected: u64, fsync: bool) -> Result<Sealed> {
+        let log = File::open(log_path(dir, base))?;
+        let log_len = log.metadata()?.len();
+        if let Ok(idx) = File::open(idx_path(dir, base)) {
+            if idx.metadata()?.len() == expected * 4 {
+                return Ok(Sealed {
+                    base,
+                    count: expected,
+                    log,
+                    idx,
+                    log_len,
+                });
+            }
+        }
+        let scanned = scan(&log, base)?;
+        if scanned.positions.len() as u64 != expected || scanned.valid_len != scanned.file_len {
+            tracing::warn!(
+                segment = base,
+                expected,
+                found = scanned.positions.len(),
+                "sealed segment is damaged; serving its intact prefix"
+            );
+        } else {
+            tracing::info!(segment = base, "rebuilt missing segment index");
+        }
+        write_index(dir, base, &scanned.positions, fsync)?;
+        let idx = File::open(idx_path(dir, base))?;
+        Ok(Sealed {
+            base,
+            count: scanned.positions.len() as u64,
+            log,
+            idx,
+            log_len: scanned.valid_len,
+        })
+    }
+
+    /// Positions of records `first..first + n`.
+    pub(crate) fn positions(&self, first: u64, n: u64) -> Result<Vec<u32>> {
+        let mut raw = vec![0u8; n as usize * 4];
+        self.idx.read_exact_at(&mut raw, first * 4)?;
+        Ok(raw
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect())
+    }
+}
+
+/// A small most-recently-used cache of open sealed segments, so reads of old
+/// data do not reopen files each time while the number of open files stays bounded.
+pub(crate) struct Cache {
+    dir: PathBuf,
+    fsync: bool,
+    open: Mutex<Vec<Arc<Sealed>>>,
+}
+
+const CACHED_SEGMENTS: usize = 8;
+
+impl Cache {
+    pub(crate) fn new(dir: PathBuf, fsync: bool) -> Cache {
+        Cache {
+            dir,
+            fsync,
+            open: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn get(&self, base: Seq, expected: u64) -> Result<Arc<Sealed>> {
+        {
+            let mut open = self.open.lock();
+            if let Some(i) = open.iter().position(|s| s.base == base) {
+                let seg = open.remove(i);
+                open.push(seg.clone());
+                return Ok(seg);
+            }
+        }
+        // Opened without the lock: a rebuild scans a whole segment.
+        let seg = Arc::new(Sealed::open(&self.dir, base, expected, self.fsync)?);
+        let mut open = self.open.lock();
+        if !open.iter().any(|s| s.base == base) {
+            if open.len() >= CACHED_SEGMENTS {
+                open.remove(0);
+            }
+            open.push(seg.clone());
+        }
+        Ok(seg)
+    }
+
+    pub(crate) fn forget_below(&self, base: Seq) {
+        self.open.lock().retain(|s| s.base >= base);
+    }
+}

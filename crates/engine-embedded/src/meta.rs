@@ -1,0 +1,101 @@
+//! Topic and subscription definitions, and subscription checkpoints.
+//!
+//! Definitions are tiny and change rarely, so they live in one JSON file
+//! replaced atomically (write to a temporary file, fsync, rename, fsync the
+//! directory): readable by people, and no second storage engine to trust.
+//! Checkpoints are one small file per subscription, written the same way; they
+//! are bounded because subscription state is (see `courier_core::subscription`).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use courier_core::subscription::Snapshot;
+use courier_core::{Error, Result, Seq, SubscriptionConfig, TopicConfig};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Meta {
+    pub topics: BTreeMap<String, TopicConfig>,
+    pub subscriptions: BTreeMap<String, SubscriptionMeta>,
+    /// Subscription ids are never reused, so journal entries of a deleted
+    /// subscription can never be mistaken for a newer one's.
+    pub next_subscription_id: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SubscriptionMeta {
+    pub id: u64,
+    pub config: SubscriptionConfig,
+    /// The start position resolved to a sequence when the subscription was made.
+    pub start_seq: Seq,
+}
+
+pub(crate) struct MetaStore {
+    dir: PathBuf,
+}
+
+impl MetaStore {
+    pub fn open(dir: &Path) -> Result<(MetaStore, Meta)> {
+        fs::create_dir_all(dir.join("state"))?;
+        let store = MetaStore {
+            dir: dir.to_path_buf(),
+        };
+        let path = dir.join("meta.json");
+        let meta = match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Meta {
+                next_subscription_id: 1,
+                ..Meta::default()
+            },
+            Err(e) => return Err(e.into()),
+        };
+        Ok((store, meta))
+    }
+
+    pub fn save(&self, meta: &Meta) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(meta).map_err(|e| Error::Storage(e.to_string()))?;
+        write_atomic(&self.dir, "meta.json", &bytes)
+    }
+
+    pub fn load_snapshot(&self, id: u64) -> Result<Option<Snapshot>> {
+        let path = self.snapshot_path(id);
+        match fs::read(&path) {
+            Ok(bytes) => postcard::from_bytes(&bytes)
+                .map(Some)
+                .map_err(|e| Error::Corrupt(format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn save_snapshot(&self, id: u64, snapshot: &Snapshot) -> Result<()> {
+        let bytes = postcard::to_stdvec(snapshot).map_err(|e| Error::Storage(e.to_string()))?;
+        write_atomic(&self.dir.join("state"), &format!("{id}.snap"), &bytes)
+    }
+
+    pub fn remove_snapshot(&self, id: u64) -> Result<()> {
+        match fs::remove_file(self.snapshot_path(id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    fn snapshot_path(&self, id: u64) -> PathBuf {
+        self.dir.join("state").join(format!("{id}.snap"))
+    }
+}
+
+/// Replaces `dir/name` with `bytes` so that a crash leaves either the old or
+/// the new content, never a mix.
+fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut file = File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_data()?;
+    fs::rename(&tmp, dir.join(name))?;
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}

@@ -1,0 +1,203 @@
+//! A topic: its log plus publish-side deduplication.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+
+use courier_core::{Error, Message, Millis, NewMessage, PublishReceipt, Result, Seq, TopicConfig};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use crate::log::{AppendRecord, TopicLog};
+
+pub(crate) struct Topic {
+    pub name: String,
+    pub config: TopicConfig,
+    pub log: TopicLog,
+    id_salt: u128,
+    dedup: Mutex<Dedup>,
+}
+
+/// Client-supplied ids seen within the dedup window.
+///
+/// Memory is bounded by the window times the rate of publishes that carry an
+/// id; ids the broker generates are never stored here (they cannot repeat).
+#[derive(Default)]
+struct Dedup {
+    stored: HashMap<String, Seq>,
+    /// Ids in the order they were stored, for expiry.
+    order: VecDeque<(Millis, String)>,
+    /// Ids being appended right now: a concurrent retry waits for the first.
+    in_flight: HashMap<String, watch::Receiver<Option<Seq>>>,
+}
+
+enum Claim {
+    Stored(Seq),
+    Wait(watch::Receiver<Option<Seq>>),
+    Mine(watch::Sender<Option<Seq>>),
+}
+
+impl Topic {
+    pub fn new(name: String, config: TopicConfig, log: TopicLog) -> Self {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        name.hash(&mut hasher);
+        Self {
+            name,
+            config,
+            log,
+            id_salt: (hasher.finish() as u128 & 0xffff) << 64,
+            dedup: Mutex::new(Dedup::default()),
+        }
+    }
+
+    /// Re-learns the client ids published within the dedup window from the log
+    /// tail, so a retry after a restart is still recognised.
+    pub fn recover_dedup(&self, now: Millis) -> Result<()> {
+        let since = now.saturating_sub(self.config.dedup_window.as_millis() as u64);
+        let mut seq = self.log.seq_for_time(since)?;
+        let mut dedup = self.dedup.lock();
+        loop {
+            let batch = self.log.read(seq, 4096, 8 << 20)?;
+            let Some(last) = batch.last() else { break };
+            seq = last.seq + 1;
+            for m in batch.into_iter().filter(|m| !m.id.is_empty()) {
+                dedup.order.push_back((m.published_at, m.id.clone()));
+                dedup.stored.insert(m.id, m.seq);
+            }
+        }
+        Ok(())
+    }
+
+    /// The id of a message the broker named itself: a ULID made of the publish
+    /// time and the sequence, so it is unique, sortable by time, and needs no
+    /// bytes in the log.
+    pub fn generated_id(&self, seq: Seq, published_at: Millis) -> String {
+        ulid::Ulid::from_parts(published_at, self.id_salt | seq as u128).to_string()
+    }
+
+    /// Fills in the generated id of a message read from the log.
+    pub fn named(&self, mut message: Message) -> Message {
+        if message.id.is_empty() {
+            message.id = self.generated_id(message.seq, message.published_at);
+        }
+        message
+    }
+
+    /// Appends `messages`, returning once they are durable. Ids already stored
+    /// within the dedup window are answered with their original sequence.
+    pub async fn publish(
+        &self,
+        messages: Vec<NewMessage>,
+        now: Millis,
+    ) -> Result<Vec<PublishReceipt>> {
+        let mut receipts: Vec<Option<PublishReceipt>> = vec![None; messages.len()];
+        let mut waits = Vec::new();
+        let mut mine = Vec::new();
+        let mut records = Vec::with_capacity(messages.len());
+        let mut record_index = Vec::with_capacity(messages.len());
+        {
+            let mut dedup = self.dedup.lock();
+            dedup.expire(now.saturating_sub(self.config.dedup_window.as_millis() as u64));
+            for (i, m) in messages.into_iter().enumerate() {
+                if let Some(id) = &m.id {
+                    match dedup.claim(id) {
+                        Claim::Stored(seq) => {
+                            receipts[i] = Some(duplicate(seq, id));
+                            continue;
+                        }
+                        Claim::Wait(rx) => {
+                            waits.push((i, id.clone(), rx));
+                            continue;
+                        }
+                        Claim::Mine(tx) => mine.push((records.len(), id.clone(), tx)),
+                    }
+                }
+                record_index.push((i, m.id.clone()));
+                records.push(AppendRecord {
+                    id: m.id.unwrap_or_default(),
+                    key: m.key,
+                    headers: m.headers,
+                    body: m.body,
+                    deliver_at: m.deliver_at,
+                });
+            }
+        }
+        if !records.is_empty() {
+            let appended = self.log.append(records).await;
+            let mut dedup = self.dedup.lock();
+            match &appended {
+                Ok(a) => {
+                    for (offset, id, tx) in mine {
+                        let seq = a.first_seq + offset as u64;
+                        dedup.in_flight.remove(&id);
+                        dedup.stored.insert(id.clone(), seq);
+                        dedup.order.push_back((a.published_at, id));
+                        let _ = tx.send(Some(seq));
+                    }
+                }
+                Err(_) => {
+                    // Dropping the senders tells waiters to fail too; the ids
+                    // were not stored, so a later retry may append.
+                    for (_, id, _) in mine {
+                        dedup.in_flight.remove(&id);
+                    }
+                }
+            }
+            drop(dedup);
+            let a = appended?;
+            for (offset, (i, id)) in record_index.into_iter().enumerate() {
+                let seq = a.first_seq + offset as u64;
+                receipts[i] = Some(PublishReceipt {
+                    seq,
+                    id: id.unwrap_or_else(|| self.generated_id(seq, a.published_at)),
+                    duplicate: false,
+                });
+            }
+        }
+        for (i, id, mut rx) in waits {
+            let seq = loop {
+                if let Some(seq) = *rx.borrow_and_update() {
+                    break seq;
+                }
+                if rx.changed().await.is_err() {
+                    return Err(Error::Storage(format!(
+                        "the first publish of id '{id}' failed; retry"
+                    )));
+                }
+            };
+            receipts[i] = Some(duplicate(seq, &id));
+        }
+        Ok(receipts.into_iter().map(|r| r.expect("every message answered")).collect())
+    }
+}
+
+fn duplicate(seq: Seq, id: &str) -> PublishReceipt {
+    PublishReceipt {
+        seq,
+        id: id.to_string(),
+        duplicate: true,
+    }
+}
+
+impl Dedup {
+    fn expire(&mut self, before: Millis) {
+        while let Some((at, _)) = self.order.front() {
+            if *at >= before {
+                break;
+            }
+            let (_, id) = self.order.pop_front().expect("front exists");
+            self.stored.remove(&id);
+        }
+    }
+
+    fn claim(&mut self, id: &str) -> Claim {
+        if let Some(&seq) = self.stored.get(id) {
+            return Claim::Stored(seq);
+        }
+        if let Some(rx) = self.in_flight.get(id) {
+            return Claim::Wait(rx.clone());
+        }
+        let (tx, rx) = watch::channel(None);
+        self.in_flight.insert(id.to_string(), rx);
+        Claim::Mine(tx)
+    }
+}

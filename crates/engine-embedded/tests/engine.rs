@@ -1,0 +1,501 @@
+//! The embedded engine end to end: real files, real fsync, tokio's paused clock
+//! for every time-dependent behaviour.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use courier_core::{
+    Engine, NewMessage, PullRequest, RetryPolicy, SeekTarget, StartPosition, SubscriptionConfig,
+    TopicConfig,
+};
+use courier_embedded::{EmbeddedConfig, EmbeddedEngine};
+use tempfile::TempDir;
+
+fn config(dir: &TempDir) -> EmbeddedConfig {
+    EmbeddedConfig {
+        data_dir: dir.path().to_path_buf(),
+        segment_bytes: 64 * 1024,
+        // No background timers: with a paused clock they would make time jump.
+        tick_interval: Duration::ZERO,
+        checkpoint_interval: Duration::ZERO,
+        retention_interval: Duration::ZERO,
+        ..EmbeddedConfig::default()
+    }
+}
+
+async fn open(dir: &TempDir) -> Arc<EmbeddedEngine> {
+    EmbeddedEngine::open(config(dir)).await.unwrap()
+}
+
+fn msg(body: &str) -> NewMessage {
+    NewMessage {
+        body: Bytes::from(body.to_string()),
+        ..NewMessage::default()
+    }
+}
+
+fn sub_config(topic: &str) -> SubscriptionConfig {
+    SubscriptionConfig {
+        start: StartPosition::Earliest,
+        ack_deadline: Duration::from_secs(10),
+        retry: RetryPolicy {
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+            multiplier: 2.0,
+            max_attempts: 3,
+            jitter: 0.0,
+        },
+        ..SubscriptionConfig::for_topic(topic)
+    }
+}
+
+fn pull(max: usize) -> PullRequest {
+    PullRequest {
+        consumer: "c".into(),
+        max_messages: max,
+        wait: Duration::ZERO,
+    }
+}
+
+fn bodies(d: &[courier_core::Delivery]) -> Vec<String> {
+    d.iter()
+        .map(|d| String::from_utf8(d.message.body.to_vec()).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn publish_pull_ack_and_fan_out() {
+    let dir = TempDir::new().unwrap();
+    let e = open(&dir).await;
+    e.create_topic("t", TopicConfig::default()).await.unwrap();
+    e.create_subscription("a", sub_config("t")).await.unwrap();
+    e.create_subscription("b", sub_config("t")).await.unwrap();
+    let receipts = e.publish("t", vec![msg("1"), msg("2"), msg("3")]).await.unwrap();
+    assert_eq!(receipts.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert!(receipts[0].id < receipts[1].id, "generated ids sort by time and sequence");
+
+    for sub in ["a", "b"] {
+        let got = e.pull(sub, pull(10)).await.unwrap();
+        assert_eq!(bodies(&got), vec!["1", "2", "3"]);
+        assert!(got.iter().all(|d| d.attempt == 1));
+        assert_eq!(got[0].message.id, receipts[0].id);
+    }
+    e.ack("a", &[1, 2, 3]).await.unwrap();
+    let a = e.subscription("a").await.unwrap();
+    assert_eq!((a.ack_floor, a.backlog, a.in_flight), (4, 0, 0));
+    let b = e.subscription("b").await.unwrap();
+    assert_eq!((b.ack_floor, b.in_flight), (1, 3));
+    e.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn competing_consumers_share_the_queue() {
+    let dir = TempDir::new().unwrap();
+    let e = open(&dir).await;
+    e.create_topic("t", TopicConfig::default()).await.unwrap();
+    e.create_subscription("q", sub_config("t")).await.unwrap();
+    let batch: Vec<_> = (0..100).map(|i| msg(&i.to_string())).collect();
+    e.publish("t", batch).await.unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for consumer in ["x", "y", "z", "x", "y", "z", "x"] {
+        let got = e
+            .pull(
+                "q",
+                PullRequest {
+                    consumer: consumer.into(),
+                    max_messages: 15,
+                    wait: Duration::ZERO,
+                },
+            )
+            .await
+            .unwrap();
+        for d in &got {
+            assert!(seen.insert(d.message.seq), "delivered twice: {}", d.message.seq);
+        }
+        e.ack("q", &got.iter().map(|d| d.message.seq).collect::<Vec<_>>())
+            .await
+            .unwrap();
+    }
+    assert_eq!(seen.len(), 100);
+    e.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn lease_expiry_and_backoff_then_dead_letter_and_replay() {
+    let dir = TempDir::new().unwrap();
+    let e = open(&dir).await;
+    e.create_topic("t", TopicConfig::default()).await.unwrap();
+    e.create_subscription("s", sub_config("t")).await.unwrap();
+    e.publish("t", vec![msg("poison")]).await.unwrap();
+
+    let first = e.pull("s", pull(1)).await.unwrap();
+    assert_eq!(first[0].attempt, 1);
+    // Not redelivered before the ack deadline.
+    tokio::time::advance(Duration::from_millis(9_999)).await;
+    assert!(e.pull("s", pull(1)).await.unwrap().is_empty());
+    // Expires at 10 s, then waits out the first backoff (1 s).
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert!(e.pull("s", pull(1)).await.unwrap().is_empty());
+    tokio::time::advance(Duration::from_millis(1_000)).await;
+    let second = e.pull("s", pull(1)).await.unwrap();
+    assert_eq!(second[0].attempt, 2);
+
+    // A nack uses the second backoff (2 s).
+    e.nack("s", &[1], None, Some("handler failed".into()))
+        .await
+        .unwrap();
+    tokio::time::advance(Duration::from_millis(1_999)).await;
+    assert!(e.pull("s", pull(1)).await.unwrap().is_empty());
+    tokio::time::advance(Duration::from_millis(1)).await;
+    let third = e.pull("s", pull(1)).await.unwrap();
+    assert_eq!(third[0].attempt, 3);
+
+    // Third failure: max_attempts reached, the message goes to s.dlq.
+    e.nack("s", &[1], None, Some("still failing".into()))
+        .await
+        .unwrap();
+    let letters = wait_for_dead_letters(&e, "s", 1).await;
+    wait_until(|| async { e.subscription("s").await.unwrap().ack_floor == 2 }).await;
+    let h = &letters[0].headers;
+    assert_eq!(h["courier-dlq-attempts"], "3");
+    assert_eq!(h["courier-dlq-last-error"], "still failing");
+    assert_eq!(h["courier-dlq-seq"], "1");
+    assert_eq!(letters[0].body, Bytes::from("poison"));
+
+    // Replay puts it back with fresh attempts, and empties the listing.
+    assert_eq!(e.replay_dead_letters("s", None).await.unwrap(), 1);
+    assert!(e.dead_letters("s", 10).await.unwrap().is_empty());
+    let again = e.pull("s", pull(1)).await.unwrap();
+    assert_eq!((again[0].message.seq, again[0].attempt), (1, 1));
+    e.ack("s", &[1]).await.unwrap();
+    e.shutdown().await.unwrap();
+}
+
+/// Yields until `check` holds: the dead-letter worker runs on its own task.
+async fn wait_until<F, Fut>(check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..10_000 {
+        if check().await {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("condition never held");
+}
+
+async fn wait_for_dead_letters(
+    e: &EmbeddedEngine,
+    sub: &str,
+    n: usize,
+) -> Vec<courier_core::Message> {
+    // The dead-letter worker runs on its own task; yield until it has moved them.
+    for _ in 0..10_000 {
+        let letters = e.dead_letters(sub, 100).await.unwrap();
+        if letters.len() >= n {
+            return letters;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("dead letters never arrived");
+}
+
+#[tokio::test(start_paused = true)]
+async fn extend_keeps_the_lease() {
+    let dir = TempDir::new().unwrap();
+    let e = open(&dir).await;
+    e.create_topic("t", TopicConfig::default()).await.unwrap();
+    e.create_subscription("s", sub_config("t")).await.unwrap();
+    e.publish("t", vec![msg("slow")]).await.unwrap();
+    e.pull("s", pull(1)).await.unwrap();
+    tokio::time::advance(Duration::from_secs(9)).await;
+    e.extend("s", &[1], Duration::from_secs(10)).await.unwrap();
+    tokio::time::advance(Duration::from_secs(9)).await;
+    assert!(e.pull("s", pull(1)).await.unwrap().is_empty());
+    assert_eq!(e.subscription("s").await.unwrap().in_flight, 1);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let err = e.extend("s", &[1], Duration::from_secs(1)).await.unwrap_err();
+    assert_eq!(err.code(), "not_leased");
+    e.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn ordering_keys_under_parallel_consumers() {
+    let dir = TempDir::new().unwrap();
+    let e = open(&dir).await;
+    e.create_topic("t", TopicConfig::default()).await.unwrap();
+    let mut cfg = sub_config("t");
+    cfg.ordered = true;
+    e.create_subscription("s", cfg).await.unwrap();
+    let keys = ["a", "b", "c", "d"];
+    let batch: Vec<_> = (0..400)
+        .map(|i| NewMessage {
+            key: Some(keys[i % 4].to_string()),
+            body: Bytes::from(format!("{}", i / 4)),
+            ..NewMessage::default()
+        })
+        .collect();
+    e.publish("t", batch).await.unwrap();
+    let seen = Arc::new(parking_lot::Mutex::new(
+        std::collections::HashMap::<String, Vec<u32>>::new(),
+    ));
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let e = e.clone();
+        let seen = seen.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut idle = 0;
+            while idle < 50 {
+                let got = e
+                    .pull(
+                        "s",
+                        PullRequest {
+                            consumer: format!("w{w}"),
+                            max_messages: 3,
+                            wait: Duration::from_millis(20),
+                        },
+                    )
+                    .await
+                    .unwrap();
+                if got.is_empty() {
+                    idle += 1;
+                    continue;
+                }
+                idle = 0;
+                {
+                    let mut seen = seen.lock();
+                    let mut keys_now = std::collections::HashSet::new();
+                    for d in &got {
+                        let key = d.message.key.clone().unwrap();
+                        assert!(keys_now.insert(key.clone()), "two of one key in flight");
+                        let n: u32 = std::str::from_utf8(&d.message.body).unwrap().parse().unwrap();
+                        seen.entry(key).or_default().push(n);
+                    }
+                }
+                tokio::task::yield_now().await;
+                let seqs: Vec<_> = got.iter().map(|d| d.message.seq).collect();
+                e.ack("s", &seqs).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let seen = seen.lock();
+    for key in keys {
+        let order = &seen[key];
+        assert_eq!(order, &(0..100).collect::<Vec<u32>>(), "key {key} out of order");
+    }
+    e.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn delayed_delivery_survives_restart() {
+    let dir = TempDir::new().unwrap();
+    let at = courier_core::clock::wall_now() + 1_500;
+    {
+        let e = open(&dir).await;
+        e.create_topic("t", TopicConfig::default()).await.unwrap();
+        e.create_subscription("s", sub_config("t")).await.unwrap();
+        e.publish(
+            "t",
+            vec![
+                NewMessage {
+                    deliver_at: Some(at),
+                    ..msg("later")
+                },
+                msg("now"),
+            ],
+        )
+        .await
+        .unwrap();
+        let got = e.pull("s", pull(10)).await.unwrap();
+        assert_eq!(bodies(&got), vec!["now"]);
+        e.ack("s", &[2]).await.unwrap();
+        e.shutdown().await.unwrap();
+    }
+    let e = open(&dir).await;
+    assert!(e.pull("s", pull(10)).await.unwrap().is_empty() || courier_core::clock::wall_now() >= at);
+    // A waiting pull returns as soon as the delivery time comes, not before.
+    let got = e
+        .pull(
+            "s",
+            PullRequest {
+                wait: Duration::from_secs(10),
+                ..pull(10)
+            },
+        )
+        .await
+        .unwrap();
+    assert!(courier_core::clock::wall_now() >= at, "delivered early");
+    assert_eq!(bodies(&got), vec!["later"]);
+    e.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn restart_keeps_acks_leases_and_attempts() {
+    let dir = TempDir::new().unwrap();
+    {
+        let e = open(&dir).await;
+        e.create_topic("t", TopicConfig::default()).await.unwrap();
+        e.create_subscription("s", sub_config("t")).await.unwrap();
+        let batch: Vec<_> = (0..10).map(|i| msg(&i.to_string())).collect();
+        e.publish("t", batch).await.unwrap();
+        let got = e.pull("s", pull(4)).await.unwrap();
+        assert_eq!(got.len(), 4);
+        e.ack("s", &[1, 3]).await.unwrap();
+        e.nack("s", &[2], Some(Duration::ZERO), None).await.unwrap();
+        // No clean shutdown: the journal alone must carry the state.
+        drop(e);
+    }
+    let e = open(&dir).await;
+    let info = e.subscription("s").await.unwrap();
+    assert_eq!(info.ack_floor, 2);
+    assert_eq!(info.in_flight, 1, "the lease on 4 survives the restart");
+    let got = e.pull("s", pull(10)).await.unwrap();
+    let seqs: Vec<_> = got.iter().map(|d| (d.message.seq, d.attempt)).collect();
+    assert_eq!(seqs, vec![(2, 2), (5, 1), (6, 1), (7, 1), (8, 1), (9, 1), (10, 1)]);
+    e.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn idempotent_publish_within_and_after_the_window() {
+    let dir = TempDir::new().unwrap();
+    let e = open(&dir).await;
+    e.create_topic(
+        "t",
+        TopicConfig {
+            dedup_window: Duration::from_millis(300),
+            ..TopicConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let with_id = |id: &str| NewMessage {
+        id: Some(id.into()),
+        ..msg("x")
+    };
+    let first = e.publish("t", vec![with_id("order-1")]).await.unwrap();
+    let again = e.publish("t", vec![with_id("order-1"), with_id("order-2")]).await.unwrap();
+    assert_eq!((again[0].seq, again[0].duplicate), (first[0].seq, true));
+    assert_eq!((again[1].seq, again[1].duplicate), (2, false));
+    // Concurrent retries of one id append it once.
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let e = e.clone();
+            tokio::spawn(async move { e.publish("t", vec![with_id("order-3")]).await.unwrap() })
+        })
+        .collect();
+    let mut seqs = std::collections::BTreeSet::new();
+    for t in tasks {
+        seqs.insert(t.await.unwrap()[0].seq);
+    }
+    assert_eq!(seqs.len(), 1);
+    e.shutdown().await.unwrap();
+    // Still deduplicated after a restart, within the window.
+    let e = open(&dir).await;
+    let r = e.publish("t", vec![with_id("order-1")]).await.unwrap();
+    assert!(r[0].duplicate && r[0].seq == 1);
+    // After the window the id is new again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = e.publish("t", vec![with_id("order-2")]).await.unwrap();
+        if !r[0].duplicate {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "window never closed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    e.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn seek_by_sequence_and_time() {
+    let dir = TempDir::new().unwrap();
+    let e = open(&dir).await;
+    e.create_topic("t", TopicConfig::default()).await.unwrap();
+    e.create_subscription("s", sub_config("t")).await.unwrap();
+    e.publish("t", vec![msg("1"), msg("2")]).await.unwrap();
+    let mid = courier_core::clock::wall_now() + 1;
+    while courier_core::clock::wall_now() <= mid {
+        tokio::task::yield_now().await;
+    }
+    e.publish("t", vec![msg("3"), msg("4")]).await.unwrap();
+    let got = e.pull("s", pull(10)).await.unwrap();
+    e.ack("s", &got.iter().map(|d| d.message.seq).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    e.seek("s", SeekTarget::Seq(2)).await.unwrap();
+    assert_eq!(bodies(&e.pull("s", pull(10)).await.unwrap()), vec!["2", "3", "4"]);
+    e.seek("s", SeekTarget::Time(mid)).await.unwrap();
+    assert_eq!(bodies(&e.pull("s", pull(10)).await.unwrap()), vec!["3", "4"]);
+    // Seeking to the end skips everything.
+    e.seek("s", SeekTarget::Seq(u64::MAX)).await.unwrap();
+    assert!(e.pull("s", pull(10)).await.unwrap().is_empty());
+    assert_eq!(e.subscription("s").await.unwrap().backlog, 0);
+    e.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn retention_by_count_frees_space_and_moves_subscriptions() {
+    let dir = TempDir::new().unwrap();
+    let e = open(&dir).await;
+    e.create_topic(
+        "t",
+        TopicConfig {
+            retention: courier_core::Retention {
+                max_messages: Some(100),
+                ..Default::default()
+            },
+            ..TopicConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    e.create_subscription("s", sub_config("t")).await.unwrap();
+    let body = "x".repeat(1000);
+    for _ in 0..10 {
+        let batch: Vec<_> = (0..100).map(|_| msg(&body)).collect();
+        e.publish("t", batch).await.unwrap();
+    }
+    let before = e.topic("t").await.unwrap();
+    e.enforce_retention().unwrap();
+    let after = e.topic("t").await.unwrap();
+    assert_eq!(after.first_seq, 901);
+    assert!(after.bytes < before.bytes / 2, "{} -> {}", before.bytes, after.bytes);
+    let got = e.pull("s", pull(1)).await.unwrap();
+    assert_eq!(got[0].message.seq, 901);
+    assert_eq!(e.subscription("s").await.unwrap().backlog, 100);
+    e.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn errors_have_stable_codes() {
+    let dir = TempDir::new().unwrap();
+    let e = open(&dir).await;
+    let code = |r: courier_core::Result<_>| r.map(|_: ()| ()).unwrap_err().code();
+    assert_eq!(code(e.publish("nope", vec![msg("x")]).await.map(|_| ())), "topic_not_found");
+    assert_eq!(code(e.create_topic("bad/name", TopicConfig::default()).await.map(|_| ())), "invalid_name");
+    e.create_topic("t", TopicConfig::default()).await.unwrap();
+    let other = TopicConfig {
+        dedup_window: Duration::from_secs(1),
+        ..TopicConfig::default()
+    };
+    assert_eq!(code(e.create_topic("t", other).await.map(|_| ())), "topic_exists");
+    e.create_subscription("s", sub_config("t")).await.unwrap();
+    assert_eq!(code(e.delete_topic("t").await), "topic_in_use");
+    assert_eq!(code(e.pull("nope", pull(1)).await.map(|_| ())), "subscription_not_found");
+    let huge = NewMessage {
+        body: Bytes::from(vec![0u8; 9 << 20]),
+        ..NewMessage::default()
+    };
+    assert_eq!(code(e.publish("t", vec![huge]).await.map(|_| ())), "message_too_large");
+    e.delete_subscription("s").await.unwrap();
+    e.delete_topic("t").await.unwrap();
+    assert!(!dir.path().join("topics/t").exists());
+    e.shutdown().await.unwrap();
+    assert_eq!(code(e.list_topics().await.map(|_| ())), "shutting_down");
+}

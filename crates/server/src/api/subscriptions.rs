@@ -1,0 +1,315 @@
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header::ACCEPT, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use courier_client::wire::{
+    schema, AckBody, ExtendBody, MessageList, NackBody, Problem, PullBody, PullResponse,
+    ReplayBody, ReplayResponse, SeekBody, SubscriptionList,
+};
+use courier_core::{PullRequest, SeekTarget, Seq, SubscriptionConfig, SubscriptionInfo};
+use serde::Deserialize;
+
+use super::codec::{raw_delivery, timestamp_millis};
+use super::messages::page_size;
+use super::AppState;
+use crate::error::ApiError;
+use crate::extract::{JsonBody, Name, QueryParams};
+
+const DEFAULT_CONSUMER: &str = "default";
+const DEFAULT_PULL_MAX: u32 = 10;
+const MAX_PULL_MAX: u32 = 1000;
+
+/// Creates a subscription, or confirms an identical one exists.
+#[utoipa::path(
+    put, path = "/v1/subscriptions/{name}", tag = "subscriptions",
+    params(("name" = String, Path, description = "Subscription name")),
+    request_body(content = schema::SubscriptionConfig, description = "Settings; `topic` is required, the rest defaults"),
+    responses(
+        (status = 201, description = "Created", body = schema::SubscriptionInfo),
+        (status = 200, description = "An identical subscription already exists", body = schema::SubscriptionInfo),
+        (status = 404, description = "`topic_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`subscription_exists`: it exists with a different configuration", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn create_subscription(
+    State(s): State<AppState>,
+    Name(name): Name,
+    JsonBody(config): JsonBody<SubscriptionConfig>,
+) -> Result<(StatusCode, Json<SubscriptionInfo>), ApiError> {
+    if config.topic.is_empty() {
+        return Err(ApiError::invalid_argument("topic is required"));
+    }
+    let existed = s.engine.subscription(&name).await.is_ok();
+    let info = s.engine.create_subscription(&name, config).await?;
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(info)))
+}
+
+#[utoipa::path(
+    get, path = "/v1/subscriptions", tag = "subscriptions",
+    responses((status = 200, description = "Every subscription", body = SubscriptionList))
+)]
+pub(crate) async fn list_subscriptions(
+    State(s): State<AppState>,
+) -> Result<Json<SubscriptionList>, ApiError> {
+    let subscriptions = s.engine.list_subscriptions().await?;
+    Ok(Json(SubscriptionList { subscriptions }))
+}
+
+#[utoipa::path(
+    get, path = "/v1/subscriptions/{name}", tag = "subscriptions",
+    params(("name" = String, Path, description = "Subscription name")),
+    responses(
+        (status = 200, description = "The subscription and its counters", body = schema::SubscriptionInfo),
+        (status = 404, description = "`subscription_not_found`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn get_subscription(
+    State(s): State<AppState>,
+    Name(name): Name,
+) -> Result<Json<SubscriptionInfo>, ApiError> {
+    Ok(Json(s.engine.subscription(&name).await?))
+}
+
+#[utoipa::path(
+    delete, path = "/v1/subscriptions/{name}", tag = "subscriptions",
+    params(("name" = String, Path, description = "Subscription name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "`subscription_not_found`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn delete_subscription(
+    State(s): State<AppState>,
+    Name(name): Name,
+) -> Result<StatusCode, ApiError> {
+    s.engine.delete_subscription(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Leases messages, waiting up to `wait_ms` for the first.
+///
+/// With `Accept: application/cloudevents+json` at most one message is leased
+/// and answered bare, the way it was published: its body and content type,
+/// `ce-*` attributes as headers, other headers as `Courier-Header-*`, and the
+/// lease as `Courier-Seq`, `Courier-Attempt`, `Courier-Lease-Deadline`. 204 when
+/// nothing arrived in time.
+#[utoipa::path(
+    post, path = "/v1/subscriptions/{name}/pull", tag = "subscriptions",
+    params(("name" = String, Path, description = "Subscription name")),
+    request_body(content = PullBody, description = "All fields optional; the body may be empty"),
+    responses(
+        (status = 200, description = "Leased messages (possibly none)", body = PullResponse),
+        (status = 204, description = "Raw mode: nothing arrived within the wait"),
+        (status = 404, description = "`subscription_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`shutting_down`: the broker stopped while the pull waited", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn pull(
+    State(s): State<AppState>,
+    Name(name): Name,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<PullBody>,
+) -> Result<Response, ApiError> {
+    let raw = headers.get_all(ACCEPT).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.contains("application/cloudevents"))
+    });
+    let max_messages = match (raw, body.max_messages.unwrap_or(DEFAULT_PULL_MAX)) {
+        (true, _) => 1,
+        (false, n @ 1..=MAX_PULL_MAX) => n,
+        (false, n) => {
+            return Err(ApiError::invalid_argument(format!(
+                "max_messages = {n} is outside 1 to {MAX_PULL_MAX}"
+            )))
+        }
+    };
+    let consumer = body.consumer.unwrap_or_else(|| DEFAULT_CONSUMER.to_owned());
+    if consumer.is_empty() || consumer.len() > 200 {
+        return Err(ApiError::invalid_argument(
+            "consumer must be 1 to 200 characters",
+        ));
+    }
+    // Long polls asking for more than the server allows get the server's limit:
+    // an empty answer after the wait is what they handle anyway.
+    let wait = Duration::from_millis(body.wait_ms.unwrap_or(0)).min(s.max_pull_wait);
+    let request = PullRequest {
+        consumer,
+        max_messages: max_messages as usize,
+        wait,
+    };
+    // A waiting pull would hold shutdown up for its whole wait. Giving up is safe:
+    // anything the engine leased meanwhile is redelivered when the lease expires.
+    let deliveries = tokio::select! {
+        biased;
+        result = s.engine.pull(&name, request) => result?,
+        () = s.draining.cancelled() => return Err(courier_core::Error::ShuttingDown.into()),
+    };
+    if raw {
+        return Ok(match deliveries.into_iter().next() {
+            Some(d) => raw_delivery(d),
+            None => StatusCode::NO_CONTENT.into_response(),
+        });
+    }
+    let messages = deliveries.into_iter().map(Into::into).collect();
+    Ok(Json(PullResponse { messages }).into_response())
+}
+
+fn non_empty(seqs: &[Seq]) -> Result<(), ApiError> {
+    if seqs.is_empty() {
+        return Err(ApiError::invalid_argument("seqs must not be empty"));
+    }
+    Ok(())
+}
+
+/// Settles messages; acking one already settled is a no-op.
+#[utoipa::path(
+    post, path = "/v1/subscriptions/{name}/ack", tag = "subscriptions",
+    params(("name" = String, Path, description = "Subscription name")),
+    request_body = AckBody,
+    responses(
+        (status = 204, description = "Acknowledged"),
+        (status = 404, description = "`subscription_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`not_leased`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn ack(
+    State(s): State<AppState>,
+    Name(name): Name,
+    JsonBody(body): JsonBody<AckBody>,
+) -> Result<StatusCode, ApiError> {
+    non_empty(&body.seqs)?;
+    s.engine.ack(&name, &body.seqs).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Gives leased messages back for redelivery after `delay_ms` or the subscription's backoff.
+#[utoipa::path(
+    post, path = "/v1/subscriptions/{name}/nack", tag = "subscriptions",
+    params(("name" = String, Path, description = "Subscription name")),
+    request_body = NackBody,
+    responses(
+        (status = 204, description = "Released for redelivery"),
+        (status = 404, description = "`subscription_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`not_leased`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn nack(
+    State(s): State<AppState>,
+    Name(name): Name,
+    JsonBody(body): JsonBody<NackBody>,
+) -> Result<StatusCode, ApiError> {
+    non_empty(&body.seqs)?;
+    let delay = body.delay_ms.map(Duration::from_millis);
+    s.engine.nack(&name, &body.seqs, delay, body.error).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Pushes lease deadlines to now + `by_ms`.
+#[utoipa::path(
+    post, path = "/v1/subscriptions/{name}/extend", tag = "subscriptions",
+    params(("name" = String, Path, description = "Subscription name")),
+    request_body = ExtendBody,
+    responses(
+        (status = 204, description = "Extended"),
+        (status = 404, description = "`subscription_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`not_leased`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn extend(
+    State(s): State<AppState>,
+    Name(name): Name,
+    JsonBody(body): JsonBody<ExtendBody>,
+) -> Result<StatusCode, ApiError> {
+    non_empty(&body.seqs)?;
+    s.engine
+        .extend(&name, &body.seqs, Duration::from_millis(body.by_ms))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Repositions the subscription: everything before the target counts as acked,
+/// everything from it on is delivered (again).
+#[utoipa::path(
+    post, path = "/v1/subscriptions/{name}/seek", tag = "subscriptions",
+    params(("name" = String, Path, description = "Subscription name")),
+    request_body = SeekBody,
+    responses(
+        (status = 204, description = "Repositioned"),
+        (status = 404, description = "`subscription_not_found`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn seek(
+    State(s): State<AppState>,
+    Name(name): Name,
+    JsonBody(body): JsonBody<SeekBody>,
+) -> Result<StatusCode, ApiError> {
+    let target = match (body.seq, body.time) {
+        (Some(seq), None) => SeekTarget::Seq(seq),
+        (None, Some(time)) => {
+            SeekTarget::Time(timestamp_millis(&time).map_err(ApiError::invalid_argument)?)
+        }
+        _ => {
+            return Err(ApiError::invalid_argument(
+                "give exactly one of seq and time",
+            ))
+        }
+    };
+    s.engine.seek(&name, target).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct DeadLetterQuery {
+    /// At most this many (default 100, 1 to 1000).
+    max: Option<usize>,
+}
+
+/// Dead letters of the subscription not yet replayed, oldest first. Their
+/// `courier-dlq-*` headers say where they came from and why they died.
+#[utoipa::path(
+    get, path = "/v1/subscriptions/{name}/dead-letters", tag = "dead-letters",
+    params(("name" = String, Path, description = "Subscription name"), DeadLetterQuery),
+    responses(
+        (status = 200, description = "Dead letters; `seq` is the dead-letter topic's sequence", body = MessageList),
+        (status = 404, description = "`subscription_not_found`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn dead_letters(
+    State(s): State<AppState>,
+    Name(name): Name,
+    QueryParams(q): QueryParams<DeadLetterQuery>,
+) -> Result<Json<MessageList>, ApiError> {
+    let max = page_size(q.max)?;
+    let messages = s.engine.dead_letters(&name, max).await?;
+    Ok(Json(MessageList {
+        messages: messages.into_iter().map(Into::into).collect(),
+    }))
+}
+
+/// Puts dead letters back into the subscription with fresh attempts.
+#[utoipa::path(
+    post, path = "/v1/subscriptions/{name}/dead-letters/replay", tag = "dead-letters",
+    params(("name" = String, Path, description = "Subscription name")),
+    request_body(content = ReplayBody, description = "Optional; an empty body replays all"),
+    responses(
+        (status = 200, description = "How many were replayed", body = ReplayResponse),
+        (status = 404, description = "`subscription_not_found`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn replay_dead_letters(
+    State(s): State<AppState>,
+    Name(name): Name,
+    JsonBody(body): JsonBody<ReplayBody>,
+) -> Result<Json<ReplayResponse>, ApiError> {
+    let replayed = s.engine.replay_dead_letters(&name, body.up_to).await?;
+    Ok(Json(ReplayResponse { replayed }))
+}

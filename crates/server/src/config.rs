@@ -1,0 +1,470 @@
+//! The broker's configuration: one serde tree, every field defaulted, unknown
+//! keys refused. Sources in increasing precedence: the TOML file, `COURIER_*`
+//! environment variables, command-line flags (applied by the binary), then
+//! [`Config::validate`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use courier_core::{SubscriptionConfig, TopicConfig};
+use courier_embedded::EmbeddedConfig;
+use serde::{Deserialize, Serialize};
+
+use courier_core::types::millis;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub engine: EmbeddedConfig,
+    pub log: LogConfig,
+    /// Topics created at start when missing.
+    pub topics: Vec<DeclaredTopic>,
+    /// Subscriptions created at start when missing (after the topics).
+    pub subscriptions: Vec<DeclaredSubscription>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes.
+    pub body_limit: usize,
+    /// Time limit of one request, in milliseconds. Pulls get their wait on top,
+    /// so a long poll is never cut off by this.
+    #[serde(with = "millis")]
+    pub request_timeout: Duration,
+    /// Longest `wait_ms` a pull may ask for; longer asks are shortened to this.
+    #[serde(with = "millis")]
+    pub max_pull_wait: Duration,
+    /// A client must have sent its request headers within this time (slowloris guard).
+    #[serde(with = "millis")]
+    pub header_read_timeout: Duration,
+    /// Most message headers one published message may carry.
+    pub max_headers_per_message: usize,
+    /// Open connections at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// How long shutdown waits for in-flight requests before closing connections anyway.
+    #[serde(with = "millis")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            body_limit: 16 * 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            max_pull_wait: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            max_headers_per_message: 64,
+            max_connections: 10_000,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable, for terminals.
+    #[default]
+    Pretty,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pretty" => Ok(LogFormat::Pretty),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("unknown log format '{other}' (pretty or json)")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter: a level (`info`) or directives (`info,courier_server=debug`).
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeclaredTopic {
+    pub name: String,
+    #[serde(flatten)]
+    pub config: TopicConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeclaredSubscription {
+    pub name: String,
+    #[serde(flatten)]
+    pub config: SubscriptionConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid environment variable {var}='{value}': {message}")]
+    Env {
+        var: &'static str,
+        value: String,
+        message: String,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Environment variables read by [`Config::apply_env`], with what they set.
+pub const ENV_VARS: &[(&str, &str)] = &[
+    ("COURIER_LISTEN", "server.listen"),
+    ("COURIER_BODY_LIMIT", "server.body_limit"),
+    ("COURIER_REQUEST_TIMEOUT", "server.request_timeout (ms)"),
+    ("COURIER_MAX_PULL_WAIT", "server.max_pull_wait (ms)"),
+    ("COURIER_DATA_DIR", "engine.data_dir"),
+    ("COURIER_FSYNC", "engine.fsync"),
+    ("COURIER_LOG_FORMAT", "log.format"),
+    ("COURIER_LOG_LEVEL", "log.level"),
+];
+
+impl Config {
+    /// Parses a TOML document.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Reads the file when given (defaults otherwise), then applies the
+    /// process environment. Call [`Config::validate`] after any further overrides.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut config = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Self::from_toml(&text, path)?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(|var| std::env::var(var).ok())?;
+        Ok(config)
+    }
+
+    /// Applies `COURIER_*` overrides; `get` is the environment (a parameter so tests
+    /// need not mutate the process environment).
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn parse<T: std::str::FromStr>(var: &'static str, value: &str) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            value.trim().parse().map_err(|e: T::Err| ConfigError::Env {
+                var,
+                value: value.to_owned(),
+                message: e.to_string(),
+            })
+        }
+        let ms = |var, value: &str| parse::<u64>(var, value).map(Duration::from_millis);
+
+        for &(var, _) in ENV_VARS {
+            let Some(value) = get(var) else { continue };
+            match var {
+                "COURIER_LISTEN" => self.server.listen = parse(var, &value)?,
+                "COURIER_BODY_LIMIT" => self.server.body_limit = parse(var, &value)?,
+                "COURIER_REQUEST_TIMEOUT" => self.server.request_timeout = ms(var, &value)?,
+                "COURIER_MAX_PULL_WAIT" => self.server.max_pull_wait = ms(var, &value)?,
+                "COURIER_DATA_DIR" => self.engine.data_dir = PathBuf::from(value),
+                "COURIER_FSYNC" => self.engine.fsync = parse(var, &value)?,
+                "COURIER_LOG_FORMAT" => self.log.format = parse(var, &value)?,
+                "COURIER_LOG_LEVEL" => self.log.level = value,
+                _ => unreachable!("every ENV_VARS entry is handled"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses settings that cannot work, naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if s.body_limit < 1024 {
+            return bad(format!(
+                "server.body_limit = {} is below 1024 bytes",
+                s.body_limit
+            ));
+        }
+        for (key, value) in [
+            ("server.request_timeout", s.request_timeout),
+            ("server.header_read_timeout", s.header_read_timeout),
+            ("server.shutdown_timeout", s.shutdown_timeout),
+        ] {
+            if value.is_zero() {
+                return bad(format!("{key} must be above 0 ms"));
+            }
+        }
+        if s.max_pull_wait > Duration::from_secs(600) {
+            return bad("server.max_pull_wait must be at most 600000 ms".into());
+        }
+        if s.max_headers_per_message == 0 {
+            return bad("server.max_headers_per_message must be at least 1".into());
+        }
+        if s.max_connections == 0 {
+            return bad("server.max_connections must be at least 1".into());
+        }
+        if self.engine.data_dir.as_os_str().is_empty() {
+            return bad("engine.data_dir must not be empty".into());
+        }
+        if self.engine.max_message_bytes == 0 {
+            return bad("engine.max_message_bytes must be at least 1".into());
+        }
+        if self.engine.segment_bytes < 4096 {
+            return bad("engine.segment_bytes must be at least 4096".into());
+        }
+        if self.engine.checkpoint_interval.is_zero() || self.engine.retention_interval.is_zero() {
+            return bad(
+                "engine.checkpoint_interval and engine.retention_interval must be above 0 ms"
+                    .into(),
+            );
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return bad(format!("log.level '{}': {e}", self.log.level));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for t in &self.topics {
+            courier_core::error::validate_name(&t.name)
+                .map_err(|e| ConfigError::Invalid(format!("[[topics]]: {e}")))?;
+            if !seen.insert(&t.name) {
+                return bad(format!("[[topics]] declares '{}' twice", t.name));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for sub in &self.subscriptions {
+            courier_core::error::validate_name(&sub.name)
+                .map_err(|e| ConfigError::Invalid(format!("[[subscriptions]]: {e}")))?;
+            if !seen.insert(&sub.name) {
+                return bad(format!("[[subscriptions]] declares '{}' twice", sub.name));
+            }
+            if sub.config.topic.is_empty() {
+                return bad(format!("[[subscriptions]] '{}' needs a topic", sub.name));
+            }
+            let r = &sub.config.retry;
+            if !(r.multiplier >= 1.0 && r.multiplier.is_finite()) {
+                return bad(format!(
+                    "[[subscriptions]] '{}': retry.multiplier must be at least 1",
+                    sub.name
+                ));
+            }
+            if !(0.0..=1.0).contains(&r.jitter) {
+                return bad(format!(
+                    "[[subscriptions]] '{}': retry.jitter must be between 0 and 1",
+                    sub.name
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let c = Config::from_toml("", Path::new("x.toml")).unwrap();
+        assert_eq!(c, Config::default());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_everywhere() {
+        for doc in [
+            "bogus = 1",
+            "[server]\nlisten_addr = '0.0.0.0:1'",
+            "[engine]\ndatadir = 'x'",
+            "[log]\nformat = 'pretty'\ncolour = true",
+            "[[topics]]\nname = 'a'\ndedup = 5",
+            "[[topics]]\nname = 'a'\n[topics.retention]\nmax_ages = 5",
+            "[[subscriptions]]\nname = 's'\ntopic = 'a'\nack_deadlin = 5",
+        ] {
+            let err = Config::from_toml(doc, Path::new("x.toml")).unwrap_err();
+            assert!(err.to_string().contains("unknown field"), "{doc}: {err}");
+        }
+    }
+
+    #[test]
+    fn declared_objects_parse() {
+        let c = Config::from_toml(
+            r#"
+            [[topics]]
+            name = "orders"
+            dedup_window = 1000
+            retention = { max_messages = 10 }
+
+            [[subscriptions]]
+            name = "billing"
+            topic = "orders"
+            start = "earliest"
+            ack_deadline = 5000
+            retry = { max_attempts = 3 }
+            "#,
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.topics[0].config.dedup_window, Duration::from_secs(1));
+        assert_eq!(c.topics[0].config.retention.max_messages, Some(10));
+        let s = &c.subscriptions[0];
+        assert_eq!(s.config.topic, "orders");
+        assert_eq!(s.config.start, courier_core::StartPosition::Earliest);
+        assert_eq!(s.config.retry.max_attempts, 3);
+        assert_eq!(s.config.retry.max_backoff, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn env_overrides_and_errors_name_the_variable() {
+        let mut c = Config::default();
+        c.apply_env(env(&[
+            ("COURIER_LISTEN", "0.0.0.0:9000"),
+            ("COURIER_DATA_DIR", "/var/lib/courier"),
+            ("COURIER_LOG_FORMAT", "json"),
+            ("COURIER_FSYNC", "false"),
+            ("COURIER_REQUEST_TIMEOUT", "1500"),
+        ]))
+        .unwrap();
+        assert_eq!(c.server.listen.port(), 9000);
+        assert_eq!(c.engine.data_dir, PathBuf::from("/var/lib/courier"));
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert!(!c.engine.fsync);
+        assert_eq!(c.server.request_timeout, Duration::from_millis(1500));
+
+        let err = c
+            .apply_env(env(&[("COURIER_LISTEN", "localhost")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("COURIER_LISTEN"), "{err}");
+    }
+
+    #[test]
+    fn validate_refuses_nonsense() {
+        type Mutation = Box<dyn Fn(&mut Config)>;
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("body_limit", Box::new(|c| c.server.body_limit = 10)),
+            (
+                "request_timeout",
+                Box::new(|c| c.server.request_timeout = Duration::ZERO),
+            ),
+            (
+                "max_pull_wait",
+                Box::new(|c| c.server.max_pull_wait = Duration::from_secs(3600)),
+            ),
+            (
+                "max_connections",
+                Box::new(|c| c.server.max_connections = 0),
+            ),
+            ("log.level", Box::new(|c| c.log.level = "[[[".into())),
+            (
+                "invalid name",
+                Box::new(|c| {
+                    c.topics.push(DeclaredTopic {
+                        name: "a b".into(),
+                        config: TopicConfig::default(),
+                    })
+                }),
+            ),
+            (
+                "needs a topic",
+                Box::new(|c| {
+                    c.subscriptions.push(DeclaredSubscription {
+                        name: "s".into(),
+                        config: SubscriptionConfig::default(),
+                    })
+                }),
+            ),
+        ];
+        for (needle, mutate) in cases {
+            let mut c = Config::default();
+            mutate(&mut c);
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+    }
+
+    fn example() -> (PathBuf, String) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/courier.example.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        (path, text)
+    }
+
+    /// The example states every key at its default value.
+    #[test]
+    fn example_file_is_the_defaults() {
+        let (path, text) = example();
+        let c = Config::from_toml(&text, &path).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    /// The commented-out declarations at the end of the example work when uncommented.
+    #[test]
+    fn example_declarations_parse_when_uncommented() {
+        let (path, text) = example();
+        let (head, tail) = text
+            .split_once("# ---- Declared topics and subscriptions")
+            .expect("marker in the example file");
+        let uncommented: String = tail
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest)
+                    if rest.starts_with('[')
+                        || rest.split_once(" = ").is_some_and(|(k, _)| {
+                            k.chars()
+                                .all(|c| c.is_ascii_lowercase() || c == '_' || c == '.')
+                        }) =>
+                {
+                    rest
+                }
+                _ => line,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = Config::from_toml(&format!("{head}\n{uncommented}"), &path).unwrap();
+        c.validate().unwrap();
+        assert!(!c.topics.is_empty() && !c.subscriptions.is_empty());
+        assert_eq!(c.subscriptions[0].config.topic, c.topics[0].name);
+    }
+}

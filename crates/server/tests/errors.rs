@@ -1,0 +1,394 @@
+//! Every refusal is a problem document with the right status and stable code.
+
+mod common;
+
+use courier_client::wire::{Problem, PROBLEM_JSON};
+use courier_core::{SubscriptionConfig, TopicConfig};
+use reqwest::{Method, StatusCode};
+
+use common::TestServer;
+
+struct Raw {
+    http: reqwest::Client,
+    url: String,
+}
+
+impl Raw {
+    fn new(server: &TestServer) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            url: server.url.clone(),
+        }
+    }
+
+    fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.url))
+    }
+
+    fn json(&self, method: Method, path: &str, body: &str) -> reqwest::RequestBuilder {
+        self.req(method, path)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+    }
+}
+
+/// Sends the request and checks the problem document it must answer.
+async fn expect_problem(request: reqwest::RequestBuilder, status: u16, code: &str) -> Problem {
+    let response = request.send().await.expect("the server answers");
+    let got_status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body = response.bytes().await.unwrap();
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(got_status, status, "status for {code}: {text}");
+    assert_eq!(
+        content_type, PROBLEM_JSON,
+        "content type for {code}: {text}"
+    );
+    let problem: Problem = serde_json::from_slice(&body).expect("a problem document");
+    assert_eq!(problem.code, code, "{text}");
+    assert_eq!(problem.status, status);
+    assert_eq!(problem.type_, format!("urn:courier:problem:{code}"));
+    assert!(!problem.title.is_empty());
+    assert!(problem.detail.as_deref().is_some_and(|d| !d.is_empty()));
+    problem
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests() {
+    let mut server = TestServer::start().await;
+    let raw = Raw::new(&server);
+    server
+        .client
+        .create_topic("orders", &TopicConfig::default())
+        .await
+        .unwrap();
+    let put_sub = |body: &str| raw.json(Method::PUT, "/v1/subscriptions/s", body);
+
+    expect_problem(put_sub("{topic: orders}"), 400, "malformed_json").await;
+    let p = expect_problem(put_sub(r#"{"topic": "orders""#), 400, "malformed_json").await;
+    assert!(p.detail.unwrap().contains("truncated"));
+    expect_problem(put_sub(r#"{"topic": "orders",}"#), 400, "malformed_json").await;
+    expect_problem(put_sub("\u{0}\u{1}"), 400, "malformed_json").await;
+    let p = expect_problem(
+        put_sub(r#"{"topic": "orders", "bogus": 1}"#),
+        422,
+        "unknown_field",
+    )
+    .await;
+    assert!(p.detail.unwrap().contains("bogus"));
+    expect_problem(
+        put_sub(r#"{"topic": "orders", "retry": {"max_atempts": 1}}"#),
+        422,
+        "unknown_field",
+    )
+    .await;
+    expect_problem(put_sub(r#"{"topic": 5}"#), 422, "invalid_field").await;
+    expect_problem(
+        put_sub(r#"{"topic": "orders", "ack_deadline": -1}"#),
+        422,
+        "invalid_field",
+    )
+    .await;
+    expect_problem(
+        put_sub(r#"{"topic": "orders", "start": "latest"}"#),
+        422,
+        "invalid_field",
+    )
+    .await;
+    expect_problem(put_sub("{}"), 400, "invalid_argument").await;
+    expect_problem(
+        raw.req(Method::PUT, "/v1/subscriptions/s")
+            .header("content-type", "text/plain")
+            .body(r#"{"topic": "orders"}"#),
+        415,
+        "unsupported_media_type",
+    )
+    .await;
+
+    let batch = |body: &str| raw.json(Method::POST, "/v1/topics/orders/messages/batch", body);
+    expect_problem(batch(r#"{"messages": []}"#), 400, "invalid_argument").await;
+    expect_problem(
+        batch(r#"{"messages": [{"body": 5}]}"#),
+        422,
+        "invalid_field",
+    )
+    .await;
+    expect_problem(
+        batch(r#"{"messages": [{"body": "a", "body_base64": "YQ=="}]}"#),
+        400,
+        "invalid_argument",
+    )
+    .await;
+    expect_problem(
+        batch(r#"{"messages": [{"body_base64": "***"}]}"#),
+        400,
+        "invalid_argument",
+    )
+    .await;
+    expect_problem(
+        batch(r#"{"messages": [{"delay_ms": 5, "deliver_at": 5}]}"#),
+        400,
+        "invalid_argument",
+    )
+    .await;
+    expect_problem(
+        batch(r#"{"messages": [{"deliver_at": "next tuesday"}]}"#),
+        400,
+        "invalid_argument",
+    )
+    .await;
+    expect_problem(
+        batch(r#"{"messages": [{"headers": {"a b": "x"}}]}"#),
+        400,
+        "invalid_header",
+    )
+    .await;
+
+    let publish = || {
+        raw.req(Method::POST, "/v1/topics/orders/messages")
+            .body("x")
+    };
+    expect_problem(
+        publish().header("Courier-Delay", "soon"),
+        400,
+        "invalid_header",
+    )
+    .await;
+    expect_problem(
+        publish().header("Courier-Deliver-At", "soon"),
+        400,
+        "invalid_header",
+    )
+    .await;
+    expect_problem(
+        publish().header("Courier-Prority", "1"),
+        400,
+        "invalid_header",
+    )
+    .await;
+
+    let sub_post = |action: &str, body: &str| {
+        raw.json(Method::POST, &format!("/v1/subscriptions/s/{action}"), body)
+    };
+    server
+        .client
+        .create_subscription("s", &SubscriptionConfig::for_topic("orders"))
+        .await
+        .unwrap();
+    expect_problem(sub_post("ack", "{}"), 422, "invalid_field").await;
+    expect_problem(sub_post("ack", r#"{"seqs": []}"#), 400, "invalid_argument").await;
+    expect_problem(
+        sub_post("ack", r#"{"seqs": ["one"]}"#),
+        422,
+        "invalid_field",
+    )
+    .await;
+    expect_problem(
+        sub_post("seek", r#"{"seq": 1, "time": 1}"#),
+        400,
+        "invalid_argument",
+    )
+    .await;
+    expect_problem(sub_post("seek", "{}"), 400, "invalid_argument").await;
+    expect_problem(
+        sub_post("pull", r#"{"max_messages": 0}"#),
+        400,
+        "invalid_argument",
+    )
+    .await;
+    expect_problem(sub_post("pull", r#"{"wait": 5}"#), 422, "unknown_field").await;
+
+    expect_problem(
+        raw.req(Method::GET, "/v1/topics/orders/messages?max=abc"),
+        400,
+        "invalid_query",
+    )
+    .await;
+    expect_problem(
+        raw.req(Method::GET, "/v1/topics/orders/messages?max=0"),
+        400,
+        "invalid_query",
+    )
+    .await;
+    expect_problem(
+        raw.req(Method::GET, "/v1/topics/orders/messages?colour=red"),
+        400,
+        "invalid_query",
+    )
+    .await;
+    expect_problem(
+        raw.req(Method::GET, "/v1/subscriptions/s/dead-letters?max=5000"),
+        400,
+        "invalid_query",
+    )
+    .await;
+
+    // Still healthy after all that.
+    assert_eq!(server.client.health().await.unwrap().status, "ok");
+    server.client.delete_subscription("s").await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_routes_and_missing_things() {
+    let mut server = TestServer::start().await;
+    let raw = Raw::new(&server);
+
+    for bad in ["a%20b", ".hidden", "-dash", "%C3%A9", &"x".repeat(201)] {
+        expect_problem(
+            raw.req(Method::PUT, &format!("/v1/topics/{bad}")),
+            400,
+            "invalid_name",
+        )
+        .await;
+        expect_problem(
+            raw.req(Method::GET, &format!("/v1/subscriptions/{bad}")),
+            400,
+            "invalid_name",
+        )
+        .await;
+    }
+    // The typed client encodes what it is given, so bad names reach the server intact.
+    let err = server
+        .client
+        .create_topic("a/b", &TopicConfig::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("invalid_name"));
+
+    expect_problem(
+        raw.req(Method::GET, "/v1/topics/nope"),
+        404,
+        "topic_not_found",
+    )
+    .await;
+    expect_problem(
+        raw.req(Method::DELETE, "/v1/topics/nope"),
+        404,
+        "topic_not_found",
+    )
+    .await;
+    expect_problem(
+        raw.req(Method::POST, "/v1/topics/nope/messages").body("x"),
+        404,
+        "topic_not_found",
+    )
+    .await;
+    expect_problem(
+        raw.req(Method::GET, "/v1/subscriptions/nope"),
+        404,
+        "subscription_not_found",
+    )
+    .await;
+    expect_problem(
+        raw.json(Method::POST, "/v1/subscriptions/nope/pull", ""),
+        404,
+        "subscription_not_found",
+    )
+    .await;
+    expect_problem(
+        raw.json(Method::PUT, "/v1/subscriptions/s", r#"{"topic": "nope"}"#),
+        404,
+        "topic_not_found",
+    )
+    .await;
+    expect_problem(raw.req(Method::GET, "/v2/topics"), 404, "not_found").await;
+    expect_problem(raw.req(Method::GET, "/"), 404, "not_found").await;
+    let p = expect_problem(
+        raw.req(Method::PATCH, "/v1/topics/orders"),
+        405,
+        "method_not_allowed",
+    )
+    .await;
+    assert!(p.detail.is_some());
+
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits() {
+    let mut server = TestServer::start_with(|c| {
+        c.server.body_limit = 4096;
+        c.server.max_headers_per_message = 2;
+        c.engine.max_message_bytes = 1024;
+    })
+    .await;
+    let raw = Raw::new(&server);
+    server
+        .client
+        .create_topic("t", &TopicConfig::default())
+        .await
+        .unwrap();
+    let publish = || raw.req(Method::POST, "/v1/topics/t/messages");
+
+    // Over the body limit, with a Content-Length and streamed without one.
+    expect_problem(publish().body(vec![b'x'; 5000]), 413, "body_too_large").await;
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..10).map(|_| Ok(vec![b'y'; 1000])).collect();
+    let stream = reqwest::Body::wrap_stream(futures_stream(chunks));
+    expect_problem(publish().body(stream), 413, "body_too_large").await;
+    expect_problem(
+        raw.json(
+            Method::POST,
+            "/v1/topics/t/messages/batch",
+            &format!(r#"{{"messages":[{{"body":"{}"}}]}}"#, "z".repeat(5000)),
+        ),
+        413,
+        "body_too_large",
+    )
+    .await;
+    // Within the body limit but over the engine's message limit.
+    expect_problem(publish().body(vec![b'x'; 2000]), 413, "message_too_large").await;
+
+    expect_problem(
+        publish()
+            .header("Courier-Header-a", "1")
+            .header("Courier-Header-b", "2")
+            .header("Courier-Header-c", "3"),
+        400,
+        "too_many_headers",
+    )
+    .await;
+    expect_problem(
+        raw.json(
+            Method::POST,
+            "/v1/topics/t/messages/batch",
+            r#"{"messages":[{"headers":{"a":"1","b":"2","c":"3"}}]}"#,
+        ),
+        400,
+        "too_many_headers",
+    )
+    .await;
+    // At the limits is fine.
+    let ok = publish()
+        .header("Courier-Header-a", "1")
+        .header("content-type", "text/plain")
+        .body(vec![b'x'; 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::CREATED);
+    server.stop().await;
+}
+
+/// A stream of body chunks without pulling in a stream crate.
+fn futures_stream(
+    chunks: Vec<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + Sync + 'static {
+    struct Chunks(std::vec::IntoIter<Result<Vec<u8>, std::io::Error>>);
+    impl futures_core::Stream for Chunks {
+        type Item = Result<Vec<u8>, std::io::Error>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            std::task::Poll::Ready(self.0.next())
+        }
+    }
+    Chunks(chunks.into_iter())
+}

@@ -1,0 +1,130 @@
+//! The committed OpenAPI document is the generated one.
+//!
+//! Regenerate after changing the API:
+//! `COURIER_WRITE_OPENAPI=1 cargo test -p courier-server --test openapi`
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use courier_core::*;
+use serde_json::Value;
+
+fn committed_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json")
+}
+
+#[test]
+fn committed_openapi_matches_the_code() {
+    let generated = courier_server::openapi_json();
+    let path = committed_path();
+    if std::env::var_os("COURIER_WRITE_OPENAPI").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+        return;
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "docs/openapi.json is out of date; regenerate it with\n  \
+         COURIER_WRITE_OPENAPI=1 cargo test -p courier-server --test openapi"
+    );
+}
+
+#[test]
+fn every_route_is_documented() {
+    let doc: Value = serde_json::from_str(&courier_server::openapi_json()).unwrap();
+    let paths: BTreeSet<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for p in [
+        "/v1/topics",
+        "/v1/topics/{name}",
+        "/v1/topics/{name}/messages",
+        "/v1/topics/{name}/messages/batch",
+        "/v1/subscriptions",
+        "/v1/subscriptions/{name}",
+        "/v1/subscriptions/{name}/pull",
+        "/v1/subscriptions/{name}/ack",
+        "/v1/subscriptions/{name}/nack",
+        "/v1/subscriptions/{name}/extend",
+        "/v1/subscriptions/{name}/seek",
+        "/v1/subscriptions/{name}/dead-letters",
+        "/v1/subscriptions/{name}/dead-letters/replay",
+        "/v1/stats",
+        "/healthz",
+        "/readyz",
+        "/openapi.json",
+    ] {
+        assert!(paths.contains(p), "{p} missing from the document");
+    }
+}
+
+/// The hand-written schemas of core types list exactly the fields those types serialize.
+#[test]
+fn core_type_schemas_match_their_serde_form() {
+    let doc: Value = serde_json::from_str(&courier_server::openapi_json()).unwrap();
+    let schemas = &doc["components"]["schemas"];
+    let full_retention = Retention {
+        max_age: Some(std::time::Duration::from_secs(1)),
+        max_bytes: Some(1),
+        max_messages: Some(1),
+    };
+    let topic = TopicInfo {
+        name: "t".into(),
+        config: TopicConfig {
+            retention: full_retention.clone(),
+            ..TopicConfig::default()
+        },
+        first_seq: 1,
+        next_seq: 1,
+        messages: 0,
+        bytes: 0,
+    };
+    let sub_config = SubscriptionConfig {
+        dead_letter_topic: Some("d".into()),
+        ..SubscriptionConfig::for_topic("t")
+    };
+    let sub = SubscriptionInfo {
+        name: "s".into(),
+        config: sub_config.clone(),
+        ack_floor: 0,
+        backlog: 0,
+        in_flight: 0,
+        waiting: 0,
+        delivered_total: 0,
+        acked_total: 0,
+        dead_lettered_total: 0,
+    };
+    let receipt = PublishReceipt {
+        seq: 1,
+        id: "x".into(),
+        duplicate: false,
+    };
+    let cases: Vec<(&str, Value)> = vec![
+        ("Retention", serde_json::to_value(&full_retention).unwrap()),
+        ("TopicConfig", serde_json::to_value(&topic.config).unwrap()),
+        ("TopicInfo", serde_json::to_value(&topic).unwrap()),
+        (
+            "RetryPolicy",
+            serde_json::to_value(RetryPolicy::default()).unwrap(),
+        ),
+        (
+            "SubscriptionConfig",
+            serde_json::to_value(&sub_config).unwrap(),
+        ),
+        ("SubscriptionInfo", serde_json::to_value(&sub).unwrap()),
+        ("PublishReceipt", serde_json::to_value(&receipt).unwrap()),
+        ("Stats", serde_json::to_value(Stats::default()).unwrap()),
+    ];
+    for (name, value) in cases {
+        let serialized: BTreeSet<&String> = value.as_object().unwrap().keys().collect();
+        let documented: BTreeSet<&String> = schemas[name]["properties"]
+            .as_object()
+            .unwrap_or_else(|| panic!("schema {name} has properties"))
+            .keys()
+            .collect();
+        assert_eq!(serialized, documented, "schema {name}");
+    }
+}
