@@ -52,6 +52,9 @@ pub struct EmbeddedEngine {
     tasks: TaskTracker,
     closed: AtomicBool,
     me: Weak<EmbeddedEngine>,
+    /// An exclusive lock on `data_dir/LOCK`, held for the engine's life: two
+    /// processes writing one log would corrupt it. Released by `shutdown`.
+    lock: parking_lot::Mutex<Option<std::fs::File>>,
 }
 
 #[derive(Default)]
@@ -64,6 +67,14 @@ impl EmbeddedEngine {
     pub async fn open(config: EmbeddedConfig) -> Result<Arc<EmbeddedEngine>> {
         config.validate()?;
         let dir = config.data_dir.clone();
+        std::fs::create_dir_all(&dir)?;
+        let lock = std::fs::File::create(dir.join("LOCK"))?;
+        lock.try_lock().map_err(|_| {
+            Error::Storage(format!(
+                "{} is in use by another Courier process",
+                dir.display()
+            ))
+        })?;
         let clock = Clock::new();
         let cfg = config.clone();
         let cancel = CancellationToken::new();
@@ -84,6 +95,7 @@ impl EmbeddedEngine {
             tasks: TaskTracker::new(),
             closed: AtomicBool::new(false),
             me: me.clone(),
+            lock: parking_lot::Mutex::new(Some(lock)),
         });
         engine.checkpoint().await?;
         let subs: Vec<_> = engine.registry.read().subscriptions.values().cloned().collect();
@@ -311,19 +323,19 @@ impl EmbeddedEngine {
             }
             let seqs: Vec<Seq> = views.iter().map(|v| v.seq).collect();
             let result = self.store_dead_letters(sub, &views).await;
-            let mut st = sub.state.lock();
-            match result {
-                Ok(()) => {
-                    let e = st.emit(Event::DeadLettered { seqs });
-                    sub.record(&st, e);
-                }
-                Err(e) => {
+            {
+                let mut st = sub.state.lock();
+                if let Err(e) = result {
                     st.abort_dead_letter(&seqs);
                     return Err(e);
                 }
+                let e = st.emit(Event::DeadLettered { seqs });
+                sub.record(&st, e);
             }
-            drop(st);
             sub.notify.notify_waiters();
+            // Durable before the next batch: a crash now would otherwise store
+            // these letters twice.
+            sub.sync().await?;
         }
     }
 
@@ -674,7 +686,9 @@ impl Engine for EmbeddedEngine {
         for topic in topics {
             topic.log.close().await?;
         }
-        self.journal.close().await
+        self.journal.close().await?;
+        self.lock.lock().take();
+        Ok(())
     }
 }
 
@@ -764,18 +778,20 @@ fn recover(
         registry.topics.insert(name.clone(), Arc::new(topic));
     }
     let (journal, entries) = Journal::open(&dir.join("journal"), config.fsync)?;
-    let mut states: HashMap<u64, (String, SubState)> = HashMap::new();
+    // Per subscription: its name, its state, and the event number its snapshot covers.
+    let mut states: HashMap<u64, (String, SubState, u64)> = HashMap::new();
     for (name, sub) in &meta.subscriptions {
         let state = match store.load_snapshot(sub.id)? {
             Some(snapshot) => SubState::restore(sub.config.clone(), snapshot),
             None => SubState::new(sub.config.clone(), sub.start_seq),
         };
-        states.insert(sub.id, (name.clone(), state));
+        let checkpointed = state.applied();
+        states.insert(sub.id, (name.clone(), state, checkpointed));
     }
     for bytes in entries.iter().filter(|b| !b.is_empty()) {
         let entry: JournalEntry = postcard::from_bytes(bytes)
             .map_err(|e| Error::Corrupt(format!("journal entry: {e}")))?;
-        let Some((name, state)) = states.get_mut(&entry.sub) else {
+        let Some((name, state, _)) = states.get_mut(&entry.sub) else {
             continue;
         };
         if entry.no <= state.applied() {
@@ -787,7 +803,7 @@ fn recover(
         }
         state.apply(&entry.event);
     }
-    for (id, (name, state)) in states {
+    for (id, (name, state, checkpointed)) in states {
         let sub = &meta.subscriptions[&name];
         let topic = registry
             .topics
@@ -803,6 +819,9 @@ fn recover(
             clock,
             cancel.child_token(),
         );
+        // The entries replayed above are only in the journal: the checkpoint
+        // taken at open must save this state before it removes those files.
+        sub.set_checkpointed(checkpointed);
         registry.subscriptions.insert(name, Arc::new(sub));
     }
     Ok((store, meta, journal, registry))

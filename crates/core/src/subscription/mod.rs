@@ -20,7 +20,9 @@
 //!   `exhausted` (out of attempts, to be dead-lettered), `dying` (being
 //!   dead-lettered), or none (blocked behind an earlier message of its key).
 //! - In an ordered subscription only the lowest pending sequence of a key can be
-//!   leased, so one message per key is in flight and keys are delivered in order.
+//!   leased, and only while no other message of the key is (one can be when a
+//!   replayed dead letter sorted before it), so one message per key is in
+//!   flight and keys are delivered in order.
 
 mod backoff;
 
@@ -70,7 +72,9 @@ pub enum Event {
         deadline: Millis,
         seqs: Vec<Seq>,
     },
-    /// The messages were stored in the dead-letter topic and are settled here.
+    /// The messages were stored in the dead-letter topic and are settled here,
+    /// those still out of attempts: a seek or a replay may have brought a
+    /// fresh copy back while they were being stored.
     DeadLettered {
         seqs: Vec<Seq>,
     },
@@ -93,8 +97,13 @@ pub enum Event {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum EntryState {
-    Waiting { at: Millis },
-    Leased { consumer: Arc<str>, deadline: Millis },
+    Waiting {
+        at: Millis,
+    },
+    Leased {
+        consumer: Arc<str>,
+        deadline: Millis,
+    },
     /// Being moved to the dead-letter topic; never journaled.
     Dying,
 }
@@ -147,6 +156,9 @@ pub struct SubState {
     dying: BTreeSet<Seq>,
     keys: HashMap<Arc<str>, BTreeSet<Seq>>,
     by_consumer: HashMap<Arc<str>, u32>,
+    /// Leased messages per ordering key: a key with one delivers nothing else.
+    /// Only its head is, except after a replay sorted before a leased head.
+    busy_keys: HashMap<Arc<str>, u32>,
     dlq_cursor: Seq,
     counters: Counters,
 }
@@ -170,6 +182,7 @@ impl SubState {
             dying: BTreeSet::new(),
             keys: HashMap::new(),
             by_consumer: HashMap::new(),
+            busy_keys: HashMap::new(),
             dlq_cursor: 0,
             counters: Counters::default(),
         }
@@ -221,7 +234,12 @@ impl SubState {
     }
     /// Every sequence below this is settled.
     pub fn ack_floor(&self) -> Seq {
-        self.pending.keys().next().copied().unwrap_or(self.next).min(self.next)
+        self.pending
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.next)
+            .min(self.next)
     }
     pub fn dlq_cursor(&self) -> Seq {
         self.dlq_cursor
@@ -333,7 +351,11 @@ impl SubState {
         error: Option<String>,
         unit: &mut dyn FnMut() -> f64,
     ) -> Option<Event> {
-        let leased: Vec<Seq> = seqs.iter().copied().filter(|s| self.is_leased(*s)).collect();
+        let leased: Vec<Seq> = seqs
+            .iter()
+            .copied()
+            .filter(|s| self.is_leased(*s))
+            .collect();
         if leased.is_empty() {
             return None;
         }
@@ -394,7 +416,10 @@ impl SubState {
         seqs.into_iter()
             .map(|seq| {
                 self.unplace(seq);
-                let entry = self.pending.get_mut(&seq).expect("indexed entry is pending");
+                let entry = self
+                    .pending
+                    .get_mut(&seq)
+                    .expect("indexed entry is pending");
                 entry.state = EntryState::Dying;
                 self.dying.insert(seq);
                 PendingView {
@@ -419,13 +444,7 @@ impl SubState {
 
     /// Builds the event for messages read from the log up to `to` (exclusive).
     pub fn scanned(&mut self, to: Seq, now: Millis, meta: Vec<Scanned>) -> Option<Event> {
-        (to > self.next).then(|| {
-            self.emit(Event::Scanned {
-                to,
-                at: now,
-                meta,
-            })
-        })
+        (to > self.next).then(|| self.emit(Event::Scanned { to, at: now, meta }))
     }
 
     /// Applies `event` and returns it, for the engine to journal.
@@ -499,7 +518,13 @@ impl SubState {
                     let entry = self.pending.get_mut(&seq).expect("leased");
                     entry.state = EntryState::Waiting { at };
                     entry.last_error = error.clone();
+                    let key = entry.key.clone();
                     self.place(seq);
+                    // Its key is free again: a replayed message that sorted
+                    // before it goes first.
+                    if let Some(key) = key {
+                        self.place_head(&key);
+                    }
                 }
             }
             Event::Extended { deadline, seqs } => {
@@ -520,7 +545,15 @@ impl SubState {
             }
             Event::DeadLettered { seqs } => {
                 for &seq in seqs {
-                    if self.remove(seq) {
+                    // Only what is still out of attempts (being dead-lettered,
+                    // or waiting for it when replayed over a snapshot): a seek
+                    // or replay may have brought a fresh copy back meanwhile.
+                    let dead = self.pending.get(&seq).is_some_and(|e| match e.state {
+                        EntryState::Dying => true,
+                        EntryState::Waiting { .. } => self.config.retry.exhausted(e.attempts),
+                        EntryState::Leased { .. } => false,
+                    });
+                    if dead && self.remove(seq) {
                         self.counters.dead_lettered += 1;
                     }
                 }
@@ -567,21 +600,28 @@ impl SubState {
     }
 
     fn insert(&mut self, seq: Seq, entry: Entry) {
-        if let Some(key) = &entry.key {
+        let old_head = entry.key.as_ref().and_then(|key| {
             let queue = self.keys.entry(key.clone()).or_default();
             let old_head = queue.first().copied();
             queue.insert(seq);
-            // A replayed message can sort before the key's current head: the
-            // old head is then blocked behind it.
-            if let Some(old) = old_head.filter(|&old| old > seq) {
-                self.pending.insert(seq, entry);
-                self.unplace(old);
-                self.place(seq);
-                return;
-            }
-        }
+            old_head
+        });
         self.pending.insert(seq, entry);
         self.place(seq);
+        // A replayed message can sort before the key's current head: the old
+        // head is then blocked behind it, unless it is already leased (the
+        // replayed message waits for that lease) or being dead-lettered. And a
+        // leased message restored after its head blocks that head.
+        if let Some(old) = old_head {
+            self.unplace(old);
+            self.place(old);
+        }
+    }
+
+    fn place_head(&mut self, key: &Arc<str>) {
+        if let Some(head) = self.keys.get(key).and_then(|q| q.first()).copied() {
+            self.place(head);
+        }
     }
 
     /// Settles `seq`; unblocks the next message of its key.
@@ -607,7 +647,10 @@ impl SubState {
 
     fn is_blocked(&self, seq: Seq, entry: &Entry) -> bool {
         match &entry.key {
-            Some(key) => self.keys.get(key).and_then(|q| q.first()) != Some(&seq),
+            Some(key) => {
+                self.keys.get(key).and_then(|q| q.first()) != Some(&seq)
+                    || self.busy_keys.contains_key(key)
+            }
             None => false,
         }
     }
@@ -619,6 +662,9 @@ impl SubState {
             EntryState::Leased { consumer, deadline } => {
                 if self.leases.insert((*deadline, seq)) {
                     *self.by_consumer.entry(consumer.clone()).or_default() += 1;
+                    if let Some(key) = &entry.key {
+                        *self.busy_keys.entry(key.clone()).or_default() += 1;
+                    }
                 }
             }
             EntryState::Dying => {
@@ -644,6 +690,14 @@ impl SubState {
                         *n -= 1;
                         if *n == 0 {
                             self.by_consumer.remove(consumer);
+                        }
+                    }
+                    if let Some(key) = &entry.key {
+                        if let Some(n) = self.busy_keys.get_mut(key) {
+                            *n -= 1;
+                            if *n == 0 {
+                                self.busy_keys.remove(key);
+                            }
                         }
                     }
                 }

@@ -178,3 +178,106 @@ fn seek_trim_and_replay() {
     assert_eq!(s.dlq_cursor(), 7);
     assert_eq!(leased(s.lease(0, "c", 10)), vec![3]);
 }
+
+/// Restoring a snapshot of `s` gives the same state, indexes included.
+fn assert_restores(s: &SubState) {
+    let r = SubState::restore(s.config().clone(), s.snapshot());
+    assert_eq!(r.snapshot(), s.snapshot());
+    assert_eq!(
+        (r.in_flight(), r.waiting(), r.next_wake(), r.room("c")),
+        (s.in_flight(), s.waiting(), s.next_wake(), s.room("c"))
+    );
+}
+
+#[test]
+fn replay_before_a_leased_head_waits_for_it() {
+    let mut s = SubState::new(config(true), 1);
+    let k = |seq| Scanned {
+        seq,
+        key: Some("k".into()),
+        deliver_at: None,
+    };
+    s.scanned(3, 0, vec![k(1), k(2)]);
+    assert_eq!(leased(s.lease(0, "c", 10)), vec![1]);
+    s.ack(&[1]);
+    assert_eq!(leased(s.lease(0, "c", 10)), vec![2]);
+    // 1 comes back while 2 is in flight: 2 stays leased (and expires), 1 waits for it.
+    s.emit(Event::Replayed {
+        seqs: vec![(1, Some("k".into()))],
+        at: 0,
+        dlq_cursor: 1,
+    });
+    assert_eq!(s.in_flight(), 1);
+    assert!(s.is_leased(2));
+    assert_restores(&s);
+    assert!(leased(s.lease(0, "c", 10)).is_empty());
+    assert_eq!(s.next_wake(), Some(1_000));
+    assert!(s.expire(1_000, &mut zero).is_some());
+    assert_restores(&s);
+    // now 1 goes first, then 2
+    assert_eq!(leased(s.lease(1_000, "c", 10)), vec![1]);
+    s.ack(&[1]);
+    assert_eq!(leased(s.lease(1_100, "c", 10)), vec![2]);
+}
+
+#[test]
+fn replay_before_a_head_being_dead_lettered() {
+    let mut s = SubState::new(config(true), 1);
+    let k = |seq| Scanned {
+        seq,
+        key: Some("k".into()),
+        deliver_at: None,
+    };
+    s.scanned(3, 0, vec![k(1), k(2)]);
+    s.lease(0, "c", 10);
+    s.ack(&[1]);
+    for t in [0, 1_000, 2_000] {
+        assert_eq!(leased(s.lease(t, "c", 10)), vec![2]);
+        s.nack(&[2], t, Some(Duration::ZERO), None, &mut zero);
+    }
+    assert_eq!(s.take_exhausted(10).len(), 1);
+    s.emit(Event::Replayed {
+        seqs: vec![(1, Some("k".into()))],
+        at: 0,
+        dlq_cursor: 1,
+    });
+    // storing 2 in the dead-letter topic failed: it is still to be dead-lettered
+    s.abort_dead_letter(&[2]);
+    assert_eq!(s.take_exhausted(10).len(), 1);
+    s.emit(Event::DeadLettered { seqs: vec![2] });
+    assert_eq!(leased(s.lease(3_000, "c", 10)), vec![1]);
+    s.ack(&[1]);
+    assert_eq!((s.tracked(), s.ack_floor()), (0, 3));
+}
+
+#[test]
+fn dead_letter_finishing_after_a_seek_spares_the_fresh_copy() {
+    let mut s = SubState::new(config(false), 1);
+    s.scanned(3, 0, vec![]);
+    for t in [0, 1_000, 2_000] {
+        assert_eq!(
+            leased(s.lease(t, "c", 10)),
+            vec![1, 2][..(t == 0) as usize + 1]
+        );
+        s.nack(&[1], t, Some(Duration::ZERO), None, &mut zero);
+    }
+    assert_eq!(s.take_exhausted(10).len(), 1);
+    let snap = s.snapshot();
+    // While 1 is stored in the dead-letter topic, the subscription is rewound.
+    let seeked = s.emit(Event::Seeked { to: 1 });
+    let scanned = s.scanned(3, 3_000, vec![]).unwrap();
+    let dead = s.emit(Event::DeadLettered { seqs: vec![1] });
+    assert_eq!(s.counters().dead_lettered, 0);
+    assert_eq!(leased(s.lease(3_000, "c", 10)), vec![1, 2]);
+    assert_eq!(s.pending(1).unwrap().attempts, 1);
+    // Replayed over a snapshot taken mid-dead-letter, it is dead-lettered...
+    let mut r = SubState::restore(config(false), snap.clone());
+    r.apply(&dead);
+    assert_eq!((r.counters().dead_lettered, r.pending(1)), (1, None));
+    // ...and the fresh copy after the seek is not.
+    let mut r = SubState::restore(config(false), snap);
+    for e in [&seeked, &scanned, &dead] {
+        r.apply(e);
+    }
+    assert_eq!((r.counters().dead_lettered, r.tracked()), (0, 2));
+}
