@@ -12,7 +12,7 @@ Exit codes:
   2  usage error: bad flags, invalid config, or a request the broker refused as invalid
   3  not found
   4  conflict: already exists differently, still in use, not leased
-  5  broker unreachable, timed out or shutting down (worth retrying)";
+  5  retry later: broker unreachable, timed out, shutting down or rate limiting you";
 
 /// Courier: a durable message broker in one binary.
 ///

@@ -245,15 +245,34 @@ async fn tail(client: &Client, out: &Output, a: TailArgs) -> Result<(), Failure>
         };
         let deliveries = tokio::select! {
             _ = &mut ctrl_c => return Ok(()),
-            result = client.pull(&a.subscription, &body) => result?,
+            result = patiently(|| client.pull(&a.subscription, &body)) => result?,
         };
         for d in &deliveries {
             out.delivery_line(d);
             if a.ack {
-                client.ack(&a.subscription, &[d.seq]).await?;
+                let seqs = [d.seq];
+                patiently(|| client.ack(&a.subscription, &seqs)).await?;
             }
         }
         remaining = remaining.saturating_sub(deliveries.len() as u64);
     }
     Ok(())
+}
+
+/// Runs `call` again for as long as the broker answers 429, after the wait it
+/// asks for: a follower like `tail` should slow down, not die. One-shot commands
+/// do not use this; they exit 5 and leave the retrying to the script.
+async fn patiently<T, F, Fut>(mut call: F) -> Result<T, courier_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, courier_client::Error>>,
+{
+    loop {
+        match call().await {
+            Err(e) if e.is_rate_limited() => {
+                tokio::time::sleep(e.retry_after().unwrap_or(Duration::from_secs(1))).await;
+            }
+            result => return result,
+        }
+    }
 }

@@ -4,7 +4,8 @@
 //! 0 success · 1 the operation failed (server error, engine error) ·
 //! 2 usage error (bad flags, invalid config, a request the server refused as invalid) ·
 //! 3 not found · 4 conflict (exists, in use, not leased) ·
-//! 5 broker unreachable, timed out or shutting down (worth retrying).
+//! 5 broker unreachable, timed out, shutting down or rate limiting this client
+//! (retry later).
 
 mod args;
 mod commands;
@@ -54,11 +55,11 @@ impl From<courier_client::Error> for Failure {
             E::Api { problem } => match problem.status {
                 404 => exit::NOT_FOUND,
                 409 => exit::CONFLICT,
-                408 | 429 | 503 => exit::UNAVAILABLE,
+                408 | 503 => exit::UNAVAILABLE,
                 400..=499 => exit::USAGE,
                 _ => exit::FAILED,
             },
-            E::Transport(_) => exit::UNAVAILABLE,
+            E::RateLimited { .. } | E::Transport(_) => exit::UNAVAILABLE,
             E::InvalidRequest(_) => exit::USAGE,
             E::Protocol(_) => exit::FAILED,
         };

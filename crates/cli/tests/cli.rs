@@ -22,12 +22,19 @@ struct Server {
 
 impl Server {
     fn start(data_dir: &Path) -> Self {
+        Self::start_with_env(data_dir, &[])
+    }
+
+    fn start_with_env(data_dir: &Path, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
             .arg("--data-dir")
             .arg(data_dir)
             .env_remove("COURIER_LISTEN")
             .env_remove("COURIER_DATA_DIR")
+            .env_remove("COURIER_RATE_LIMIT")
+            .env_remove("COURIER_RATE_BURST")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -172,6 +179,31 @@ fn unreachable_broker_exits_5() {
     // Port 1 on loopback: nothing listens there.
     let out = courier("http://127.0.0.1:1", &["stats"]);
     assert_eq!(out.status.code(), Some(5));
+}
+
+#[test]
+fn rate_limited_exits_5() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_env(
+        dir.path(),
+        &[("COURIER_RATE_LIMIT", "1"), ("COURIER_RATE_BURST", "1")],
+    );
+    // One request a second: the first goes through, and one of the next few (the
+    // very next, unless this machine takes a second to start a process) is refused.
+    ok(&courier(&server.url, &["stats"]));
+    let start = Instant::now();
+    let refused = loop {
+        let out = courier(&server.url, &["stats"]);
+        if !out.status.success() {
+            break out;
+        }
+        assert!(start.elapsed() < DEADLINE, "never rate limited");
+    };
+    assert_eq!(refused.status.code(), Some(5));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("rate_limited"), "{stderr}");
+    assert!(stderr.contains("retry after 1 s"), "{stderr}");
+    server.stop();
 }
 
 #[test]

@@ -451,24 +451,29 @@ async fn created<T: DeserializeOwned>(response: Response) -> Result<Created<T>> 
     })
 }
 
-/// Turns an error answer into `Error::Api`, inventing a problem document when a
-/// proxy or an older server answered with something else.
+/// Turns an error answer into `Error::Api` (`Error::RateLimited` for 429),
+/// inventing a problem document when a proxy or an older server answered with
+/// something else.
 async fn problem(response: Response) -> Error {
     let status = response.status();
+    let retry_after = crate::error::retry_after(response.headers());
     let bytes = match response.bytes().await {
         Ok(b) => b,
         Err(e) => return Error::from(e),
     };
-    match serde_json::from_slice::<Problem>(&bytes) {
-        Ok(problem) => Error::Api { problem },
-        Err(_) => Error::Api {
-            problem: Problem {
-                type_: "about:blank".into(),
-                title: status.canonical_reason().unwrap_or("error").into(),
-                status: status.as_u16(),
-                code: format!("http_{}", status.as_u16()),
-                detail: Some(String::from_utf8_lossy(&bytes).chars().take(500).collect()),
-            },
-        },
+    let problem = serde_json::from_slice::<Problem>(&bytes).unwrap_or_else(|_| Problem {
+        type_: "about:blank".into(),
+        title: status.canonical_reason().unwrap_or("error").into(),
+        status: status.as_u16(),
+        code: format!("http_{}", status.as_u16()),
+        detail: Some(String::from_utf8_lossy(&bytes).chars().take(500).collect()),
+    });
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        Error::RateLimited {
+            problem,
+            retry_after,
+        }
+    } else {
+        Error::Api { problem }
     }
 }

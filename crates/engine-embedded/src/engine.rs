@@ -37,6 +37,9 @@ use crate::EmbeddedConfig;
 /// Longest accepted message id, ordering key, header name or value.
 const MAX_ID_LEN: usize = 1024;
 const MAX_HEADER_VALUE_LEN: usize = 64 * 1024;
+/// Most messages in one publish call: a bigger batch holds a commit group and
+/// its memory for too long.
+pub const MAX_BATCH: usize = 10_000;
 /// Dead letters moved per state-lock acquisition.
 const DEAD_LETTER_BATCH: usize = 512;
 
@@ -475,8 +478,11 @@ impl Engine for EmbeddedEngine {
     ) -> Result<Vec<PublishReceipt>> {
         self.check_open()?;
         let topic = self.topic_ref(topic)?;
-        if messages.is_empty() {
-            return Err(Error::InvalidArgument("no messages to publish".into()));
+        if messages.is_empty() || messages.len() > MAX_BATCH {
+            return Err(Error::InvalidArgument(format!(
+                "a publish carries 1 to {MAX_BATCH} messages, not {}",
+                messages.len()
+            )));
         }
         for m in &messages {
             self.validate_message(m)?;

@@ -500,6 +500,9 @@ async fn errors_have_stable_codes() {
         ..NewMessage::default()
     };
     assert_eq!(code(e.publish("t", vec![huge]).await.map(|_| ())), "message_too_large");
+    let too_many: Vec<_> = (0..10_001).map(|_| msg("x")).collect();
+    assert_eq!(code(e.publish("t", too_many).await.map(|_| ())), "invalid_argument");
+    assert_eq!(code(e.publish("t", vec![]).await.map(|_| ())), "invalid_argument");
     e.delete_subscription("s").await.unwrap();
     e.delete_topic("t").await.unwrap();
     assert!(!dir.path().join("topics/t").exists());

@@ -4,6 +4,7 @@
 //! [`Config::validate`].
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -48,6 +49,12 @@ pub struct ServerConfig {
     /// How long shutdown waits for in-flight requests before closing connections anyway.
     #[serde(with = "millis")]
     pub shutdown_timeout: Duration,
+    /// Requests per second one client (IP address; an IPv6 /64) may make on
+    /// average before it gets 429 `rate_limited`. 0 turns rate limiting off.
+    pub rate_limit: u32,
+    /// Requests one client may make at once before the average applies. 0 means
+    /// twice `rate_limit`.
+    pub rate_burst: u32,
 }
 
 impl Default for ServerConfig {
@@ -61,7 +68,23 @@ impl Default for ServerConfig {
             max_headers_per_message: 64,
             max_connections: 10_000,
             shutdown_timeout: Duration::from_secs(30),
+            rate_limit: 0,
+            rate_burst: 0,
         }
+    }
+}
+
+/// Highest `server.rate_limit` and `server.rate_burst`; beyond this a limit does
+/// not limit anything a single client could send anyway.
+pub const MAX_RATE: u32 = 1_000_000;
+
+impl ServerConfig {
+    /// The rate limit as (requests per second, burst), or `None` when it is off.
+    pub fn rate_quota(&self) -> Option<(NonZeroU32, NonZeroU32)> {
+        const TWICE: NonZeroU32 = NonZeroU32::new(2).unwrap();
+        let rate = NonZeroU32::new(self.rate_limit)?;
+        let burst = NonZeroU32::new(self.rate_burst).unwrap_or(rate.saturating_mul(TWICE));
+        Some((rate, burst))
     }
 }
 
@@ -145,6 +168,11 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("COURIER_BODY_LIMIT", "server.body_limit"),
     ("COURIER_REQUEST_TIMEOUT", "server.request_timeout (ms)"),
     ("COURIER_MAX_PULL_WAIT", "server.max_pull_wait (ms)"),
+    (
+        "COURIER_RATE_LIMIT",
+        "server.rate_limit (requests/s per client, 0 = off)",
+    ),
+    ("COURIER_RATE_BURST", "server.rate_burst"),
     ("COURIER_DATA_DIR", "engine.data_dir"),
     ("COURIER_FSYNC", "engine.fsync"),
     ("COURIER_LOG_FORMAT", "log.format"),
@@ -199,6 +227,8 @@ impl Config {
                 "COURIER_BODY_LIMIT" => self.server.body_limit = parse(var, &value)?,
                 "COURIER_REQUEST_TIMEOUT" => self.server.request_timeout = ms(var, &value)?,
                 "COURIER_MAX_PULL_WAIT" => self.server.max_pull_wait = ms(var, &value)?,
+                "COURIER_RATE_LIMIT" => self.server.rate_limit = parse(var, &value)?,
+                "COURIER_RATE_BURST" => self.server.rate_burst = parse(var, &value)?,
                 "COURIER_DATA_DIR" => self.engine.data_dir = PathBuf::from(value),
                 "COURIER_FSYNC" => self.engine.fsync = parse(var, &value)?,
                 "COURIER_LOG_FORMAT" => self.log.format = parse(var, &value)?,
@@ -237,6 +267,14 @@ impl Config {
         if s.max_connections == 0 {
             return bad("server.max_connections must be at least 1".into());
         }
+        for (key, value) in [
+            ("server.rate_limit", s.rate_limit),
+            ("server.rate_burst", s.rate_burst),
+        ] {
+            if value > MAX_RATE {
+                return bad(format!("{key} = {value} is above {MAX_RATE}"));
+            }
+        }
         if self.engine.data_dir.as_os_str().is_empty() {
             return bad("engine.data_dir must not be empty".into());
         }
@@ -273,6 +311,9 @@ impl Config {
             if sub.config.topic.is_empty() {
                 return bad(format!("[[subscriptions]] '{}' needs a topic", sub.name));
             }
+            crate::bounds::subscription(&sub.config).map_err(|e| {
+                ConfigError::Invalid(format!("[[subscriptions]] '{}': {e}", sub.name))
+            })?;
             let r = &sub.config.retry;
             if !(r.multiplier >= 1.0 && r.multiplier.is_finite()) {
                 return bad(format!(
@@ -377,6 +418,27 @@ mod tests {
             .apply_env(env(&[("COURIER_LISTEN", "localhost")]))
             .unwrap_err();
         assert!(err.to_string().contains("COURIER_LISTEN"), "{err}");
+        let err = c
+            .apply_env(env(&[("COURIER_RATE_LIMIT", "-1")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("COURIER_RATE_LIMIT"), "{err}");
+    }
+
+    #[test]
+    fn rate_limit_is_off_by_default_and_bursts_twice_the_rate() {
+        let mut c = Config::default();
+        assert_eq!(c.server.rate_quota(), None);
+        c.apply_env(env(&[("COURIER_RATE_LIMIT", "50")])).unwrap();
+        let (rate, burst) = c.server.rate_quota().unwrap();
+        assert_eq!((rate.get(), burst.get()), (50, 100));
+        c.apply_env(env(&[("COURIER_RATE_BURST", "7")])).unwrap();
+        let (rate, burst) = c.server.rate_quota().unwrap();
+        assert_eq!((rate.get(), burst.get()), (50, 7));
+        c.validate().unwrap();
+        // Burst without a rate is simply unused.
+        c.server.rate_limit = 0;
+        assert_eq!(c.server.rate_quota(), None);
+        c.validate().unwrap();
     }
 
     #[test]
@@ -396,6 +458,14 @@ mod tests {
                 "max_connections",
                 Box::new(|c| c.server.max_connections = 0),
             ),
+            (
+                "server.rate_limit",
+                Box::new(|c| c.server.rate_limit = MAX_RATE + 1),
+            ),
+            (
+                "server.rate_burst",
+                Box::new(|c| c.server.rate_burst = u32::MAX),
+            ),
             ("log.level", Box::new(|c| c.log.level = "[[[".into())),
             (
                 "invalid name",
@@ -403,6 +473,18 @@ mod tests {
                     c.topics.push(DeclaredTopic {
                         name: "a b".into(),
                         config: TopicConfig::default(),
+                    })
+                }),
+            ),
+            (
+                "ack_deadline",
+                Box::new(|c| {
+                    c.subscriptions.push(DeclaredSubscription {
+                        name: "s".into(),
+                        config: SubscriptionConfig {
+                            ack_deadline: Duration::from_millis(u64::MAX),
+                            ..SubscriptionConfig::for_topic("t")
+                        },
                     })
                 }),
             ),

@@ -2,6 +2,8 @@
 //! the engine's `Error::code()` for engine errors, the transport codes below
 //! for everything the HTTP layer refuses on its own.
 
+use std::time::Duration;
+
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use courier_client::wire::{Problem, PROBLEM_JSON};
@@ -20,7 +22,10 @@ pub mod codes {
     pub const NOT_FOUND: &str = "not_found";
     pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
     pub const TIMEOUT: &str = "timeout";
+    /// A 429 from something other than the rate limiter (kept for compatibility).
     pub const TOO_MANY_REQUESTS: &str = "too_many_requests";
+    /// The client went over `server.rate_limit`; `Retry-After` says when to come back.
+    pub const RATE_LIMITED: &str = "rate_limited";
     pub const INTERNAL: &str = "internal_error";
 }
 
@@ -30,6 +35,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub detail: String,
+    /// Whole seconds for `Retry-After`; 429 and 503 answers default to 1.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -38,6 +45,24 @@ impl ApiError {
             status,
             code,
             detail: detail.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 429 `rate_limited`: the client may try again after `wait` (rounded up to
+    /// whole seconds for `Retry-After`, never 0).
+    pub fn rate_limited(wait: Duration) -> Self {
+        let seconds = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+        Self {
+            retry_after: Some(seconds),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                codes::RATE_LIMITED,
+                format!(
+                    "this client is over the server's rate limit; retry in {} ms",
+                    wait.as_millis().max(1)
+                ),
+            )
         }
     }
 
@@ -85,10 +110,13 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-        if self.status == StatusCode::SERVICE_UNAVAILABLE
-            || self.status == StatusCode::TOO_MANY_REQUESTS
-        {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let retry_after = self.retry_after.or_else(|| {
+            let busy = self.status == StatusCode::SERVICE_UNAVAILABLE
+                || self.status == StatusCode::TOO_MANY_REQUESTS;
+            busy.then_some(1)
+        });
+        if let Some(seconds) = retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
@@ -131,4 +159,31 @@ pub async fn problem_for_bare_errors(response: Response) -> Response {
         }
     }
     replaced
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        let header = |wait| {
+            ApiError::rate_limited(wait).into_response().headers()[header::RETRY_AFTER]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(header(Duration::ZERO), "1");
+        assert_eq!(header(Duration::from_millis(50)), "1");
+        assert_eq!(header(Duration::from_secs(1)), "1");
+        assert_eq!(header(Duration::from_millis(1001)), "2");
+        assert_eq!(header(Duration::from_secs(90)), "90");
+        let unavailable: ApiError = courier_core::Error::ShuttingDown.into();
+        assert_eq!(
+            unavailable.into_response().headers()[header::RETRY_AFTER],
+            "1"
+        );
+        let bad = ApiError::bad_request(codes::INVALID_QUERY, "x").into_response();
+        assert!(!bad.headers().contains_key(header::RETRY_AFTER));
+    }
 }

@@ -5,15 +5,19 @@
 //! - `config`: the configuration tree, env overrides, validation.
 //! - `api`: routes and their OpenAPI description; `api::codec` maps messages to
 //!   and from HTTP (single publish headers, CloudEvents).
-//! - `extract` / `error`: request parsing and RFC 9457 problem answers.
+//! - `extract` / `error`: request parsing and RFC 9457 problem answers;
+//!   `bounds`: the largest times and durations a request may carry.
+//! - `rate_limit`: per-client request limits (429 `rate_limited`).
 //! - `server`: the connection loop and the shutdown sequence.
 
 #![forbid(unsafe_code)]
 
 mod api;
+mod bounds;
 pub mod config;
 pub mod error;
 mod extract;
+mod rate_limit;
 mod server;
 mod telemetry;
 

@@ -1,6 +1,6 @@
 //! The connection loop: HTTP/1.1 and HTTP/2 cleartext (prior knowledge) on one
 //! port, a header-read deadline for slow clients, a cap on open connections,
-//! and graceful shutdown.
+//! per-client rate limits, and graceful shutdown.
 //!
 //! Shutdown order: stop accepting; tell waiting pulls to give up; let every
 //! in-flight request finish (bounded by `shutdown_timeout`); then
@@ -10,16 +10,20 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use axum::extract::ConnectInfo;
 use courier_core::{Engine, Error as EngineError};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tower::ServiceExt;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
+use crate::rate_limit::RateLimit;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -46,7 +50,11 @@ pub async fn run(
     declare(&config, engine.as_ref()).await?;
 
     let state = AppState::new(engine.clone(), &config.server);
-    let app = api::app(state.clone(), &config.server);
+    let rate_limit = RateLimit::from_config(&config.server);
+    if let Some(limit) = &rate_limit {
+        tokio::spawn(limit.clone().sweep(state.draining.clone()));
+    }
+    let app = api::app(state.clone(), &config.server, rate_limit);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -80,7 +88,13 @@ pub async fn run(
             },
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        // The peer address, for the rate limiter and anything else that asks.
+        let service = TowerToHyperService::new(app.clone().map_request(
+            move |mut request: axum::extract::Request<Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                request
+            },
+        ));
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();

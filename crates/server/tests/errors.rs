@@ -2,8 +2,9 @@
 
 mod common;
 
-use courier_client::wire::{Problem, PROBLEM_JSON};
-use courier_core::{SubscriptionConfig, TopicConfig};
+use courier_client::wire::{Problem, PullBody, PROBLEM_JSON};
+use courier_core::{StartPosition, SubscriptionConfig, TopicConfig};
+use reqwest::header::HeaderValue;
 use reqwest::{Method, StatusCode};
 
 use common::TestServer;
@@ -391,4 +392,280 @@ fn futures_stream(
         }
     }
     Chunks(chunks.into_iter())
+}
+
+/// Values at the edge of what the wire types can hold. Each used to reach the
+/// engine's `now + duration` arithmetic and panic the request's task (debug
+/// builds) or wrap to a time in the past (release builds); now each is refused
+/// up front, and the broker keeps working afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_numbers_are_refused_not_overflowed() {
+    let mut server = TestServer::start_with(|c| {
+        c.server.max_pull_wait = std::time::Duration::from_millis(200);
+    })
+    .await;
+    let raw = Raw::new(&server);
+    let c = &server.client;
+    c.create_topic("t", &TopicConfig::default()).await.unwrap();
+    let earliest = SubscriptionConfig {
+        start: StartPosition::Earliest,
+        ..SubscriptionConfig::for_topic("t")
+    };
+    c.create_subscription("s", &earliest).await.unwrap();
+    c.publish("t", "a", &Default::default()).await.unwrap();
+    let leased = c
+        .pull(
+            "s",
+            &PullBody {
+                wait_ms: Some(5_000),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let seq = leased[0].seq;
+    let max = u64::MAX;
+    let sub_post = |action: &str, body: String| {
+        raw.json(
+            Method::POST,
+            &format!("/v1/subscriptions/s/{action}"),
+            &body,
+        )
+    };
+
+    let p = expect_problem(
+        sub_post("extend", format!(r#"{{"seqs": [{seq}], "by_ms": {max}}}"#)),
+        400,
+        "invalid_argument",
+    )
+    .await;
+    assert!(p.detail.unwrap().contains("by_ms"));
+    expect_problem(
+        sub_post("nack", format!(r#"{{"seqs": [{seq}], "delay_ms": {max}}}"#)),
+        400,
+        "invalid_argument",
+    )
+    .await;
+    expect_problem(
+        sub_post("seek", format!(r#"{{"time": {max}}}"#)),
+        400,
+        "invalid_argument",
+    )
+    .await;
+    expect_problem(
+        sub_post("seek", r#"{"time": "9999-12-31T23:59:59-01:00"}"#.into()),
+        400,
+        "invalid_argument",
+    )
+    .await;
+    // Beyond u64 or u32: the JSON type itself does not fit.
+    expect_problem(
+        sub_post("extend", format!(r#"{{"seqs": [{seq}], "by_ms": {max}0}}"#)),
+        422,
+        "invalid_field",
+    )
+    .await;
+    expect_problem(
+        sub_post("pull", r#"{"max_messages": 4294967296}"#.into()),
+        422,
+        "invalid_field",
+    )
+    .await;
+    expect_problem(
+        sub_post("pull", r#"{"max_messages": 1001}"#.into()),
+        400,
+        "invalid_argument",
+    )
+    .await;
+    // The longest wait is shortened to the server's maximum, not refused.
+    let empty = c
+        .pull(
+            "s",
+            &PullBody {
+                wait_ms: Some(max),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(empty.is_empty());
+
+    // A subscription whose lease or backoff cannot be added to the clock.
+    for config in [
+        format!(r#"{{"topic": "t", "ack_deadline": {max}}}"#),
+        format!(r#"{{"topic": "t", "retry": {{"initial_backoff": 1, "max_backoff": {max}}}}}"#),
+    ] {
+        expect_problem(
+            raw.json(Method::PUT, "/v1/subscriptions/huge", &config),
+            400,
+            "invalid_argument",
+        )
+        .await;
+    }
+
+    let publish = || raw.req(Method::POST, "/v1/topics/t/messages").body("x");
+    for (header, value) in [
+        ("Courier-Delay", max.to_string()),
+        ("Courier-Deliver-At", max.to_string()),
+        ("Courier-Deliver-At", "253402300800000".to_string()),
+    ] {
+        expect_problem(publish().header(header, value), 400, "invalid_header").await;
+    }
+    let batch = |body: String| raw.json(Method::POST, "/v1/topics/t/messages/batch", &body);
+    expect_problem(
+        batch(format!(r#"{{"messages": [{{"delay_ms": {max}}}]}}"#)),
+        400,
+        "invalid_argument",
+    )
+    .await;
+    expect_problem(
+        batch(format!(r#"{{"messages": [{{"deliver_at": {max}}}]}}"#)),
+        400,
+        "invalid_argument",
+    )
+    .await;
+
+    // The largest accepted values work end to end.
+    let ok = publish()
+        .header("Courier-Deliver-At", "9999-12-31T23:59:59.999Z")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::CREATED);
+    let ok = sub_post(
+        "extend",
+        format!(r#"{{"seqs": [{seq}], "by_ms": 3153600000000}}"#),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(ok.status(), StatusCode::NO_CONTENT);
+    // A delivery time in the distant past means "now".
+    let past = publish()
+        .header("Courier-Deliver-At", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(past.status(), StatusCode::CREATED);
+    let got = c
+        .pull(
+            "s",
+            &PullBody {
+                wait_ms: Some(5_000),
+                max_messages: Some(10),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1, "only the past-dated message is due");
+    // A waiting pull with the far-future message pending neither panics nor hangs.
+    let none = c
+        .pull(
+            "s",
+            &PullBody {
+                wait_ms: Some(100),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+
+    // Nothing above broke the subscription.
+    c.ack("s", &[seq, got[0].seq]).await.unwrap();
+    assert_eq!(c.subscription("s").await.unwrap().in_flight, 0);
+    server.stop().await;
+}
+
+/// Header edge cases of the single publish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_header_edge_cases() {
+    let mut server = TestServer::start().await;
+    let raw = Raw::new(&server);
+    server
+        .client
+        .create_topic("t", &TopicConfig::default())
+        .await
+        .unwrap();
+    let publish = || raw.req(Method::POST, "/v1/topics/t/messages").body("x");
+
+    // Bytes that are valid in HTTP (obs-text) but not UTF-8.
+    for name in [
+        "Courier-Header-Trace",
+        "Courier-Key",
+        "Courier-Id",
+        "ce-type",
+        "Content-Type",
+    ] {
+        let p = expect_problem(
+            publish().header(name, HeaderValue::from_bytes(b"caf\xe9").unwrap()),
+            400,
+            "invalid_header",
+        )
+        .await;
+        assert!(p.detail.unwrap().contains("UTF-8"), "{name}");
+    }
+    for name in [
+        "Courier-Id",
+        "Courier-Key",
+        "Courier-Delay",
+        "Courier-Deliver-At",
+    ] {
+        let p = expect_problem(
+            publish().header(name, "1").header(name, "2"),
+            400,
+            "invalid_header",
+        )
+        .await;
+        assert!(p.detail.unwrap().contains("more than once"), "{name}");
+    }
+    // UTF-8 beyond ASCII is fine, and repeated message headers combine.
+    let receipt = publish()
+        .header("Courier-Header-Name", "café".as_bytes())
+        .header("Courier-Header-Tag", "a")
+        .header("Courier-Header-Tag", "b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(receipt.status(), StatusCode::CREATED);
+    let stored = server.client.browse("t", 0, 10).await.unwrap();
+    assert_eq!(stored[0].headers["name"], "café");
+    assert_eq!(stored[0].headers["tag"], "a, b");
+    server.stop().await;
+}
+
+/// Acknowledgement arrays as large as the body limit allows are answered, not
+/// left hanging; a million sequences is about 8 MB of JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_seq_arrays_are_answered() {
+    let mut server = TestServer::start().await;
+    let raw = Raw::new(&server);
+    let c = &server.client;
+    c.create_topic("t", &TopicConfig::default()).await.unwrap();
+    c.create_subscription("s", &SubscriptionConfig::for_topic("t"))
+        .await
+        .unwrap();
+    let seqs = (1..=1_000_000u64)
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    for (action, extra, status) in [
+        ("ack", "", StatusCode::NO_CONTENT),
+        ("nack", "", StatusCode::NO_CONTENT),
+        ("extend", r#", "by_ms": 1000"#, StatusCode::CONFLICT),
+    ] {
+        let response = raw
+            .json(
+                Method::POST,
+                &format!("/v1/subscriptions/s/{action}"),
+                &format!(r#"{{"seqs": [{seqs}]{extra}}}"#),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{action}");
+    }
+    assert_eq!(c.subscription("s").await.unwrap().in_flight, 0);
+    server.stop().await;
 }

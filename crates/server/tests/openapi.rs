@@ -128,3 +128,19 @@ fn core_type_schemas_match_their_serde_form() {
         assert_eq!(serialized, documented, "schema {name}");
     }
 }
+
+/// 429 `rate_limited` is documented on every operation the limiter covers, and
+/// only there: the health probes are never limited.
+#[test]
+fn rate_limited_answers_are_documented_where_they_happen() {
+    let doc: Value = serde_json::from_str(&courier_server::openapi_json()).unwrap();
+    let rate_limited = &doc["components"]["responses"]["RateLimited"];
+    assert!(rate_limited["headers"]["Retry-After"].is_object());
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let has_429 = op["responses"].get("429").is_some();
+            let exempt = path == "/healthz" || path == "/readyz";
+            assert_eq!(has_429, !exempt, "{method} {path}");
+        }
+    }
+}

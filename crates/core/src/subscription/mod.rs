@@ -316,7 +316,7 @@ impl SubState {
         if seqs.is_empty() {
             return None;
         }
-        let deadline = now + self.config.ack_deadline.as_millis() as u64;
+        let deadline = after(now, self.config.ack_deadline);
         Some(self.emit(Event::Leased {
             consumer: consumer.to_string(),
             deadline,
@@ -379,7 +379,7 @@ impl SubState {
                     Some(d) => d,
                     None => policy.backoff(attempts, unit()),
                 };
-                (seq, now + wait.as_millis() as u64)
+                (seq, after(now, wait))
             })
             .collect()
     }
@@ -397,7 +397,7 @@ impl SubState {
     /// Extends leases; returns the event and the sequences that were not leased.
     pub fn extend(&mut self, seqs: &[Seq], now: Millis, by: Duration) -> (Option<Event>, Vec<Seq>) {
         let (leased, lost): (Vec<Seq>, Vec<Seq>) = seqs.iter().partition(|s| self.is_leased(**s));
-        let deadline = now + by.as_millis() as u64;
+        let deadline = after(now, by);
         let event = (!leased.is_empty()).then(|| {
             self.emit(Event::Extended {
                 deadline,
@@ -711,6 +711,11 @@ impl SubState {
             }
         }
     }
+}
+
+/// `now + d`, saturating: absurd durations from a client must not wrap into the past.
+fn after(now: Millis, d: Duration) -> Millis {
+    now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

@@ -281,3 +281,18 @@ fn dead_letter_finishing_after_a_seek_spares_the_fresh_copy() {
     }
     assert_eq!((r.counters().dead_lettered, r.tracked()), (0, 2));
 }
+
+#[test]
+fn huge_durations_saturate_instead_of_wrapping() {
+    let mut cfg = config(false);
+    cfg.ack_deadline = Duration::MAX;
+    let mut s = SubState::new(cfg, 1);
+    s.scanned(3, 0, vec![]);
+    s.lease(5, "c", 2);
+    assert_eq!(s.pending(1).unwrap().lease_deadline, Some(u64::MAX));
+    assert!(s.expire(u64::MAX - 1, &mut zero).is_none());
+    s.nack(&[1], 5, Some(Duration::MAX), None, &mut zero);
+    assert!(leased(s.lease(u64::MAX - 1, "c", 1)).is_empty());
+    let (event, lost) = s.extend(&[2], 5, Duration::MAX);
+    assert!(event.is_some() && lost.is_empty());
+}

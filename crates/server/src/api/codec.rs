@@ -13,6 +13,7 @@ use courier_client::wire::{
 };
 use courier_core::{Delivery, Headers, Millis, NewMessage};
 
+use crate::bounds;
 use crate::error::{codes, ApiError};
 use crate::extract::json_error;
 
@@ -102,14 +103,13 @@ pub(crate) fn message_from_http(
     }
     let delay = delay
         .map(|d| {
-            d.trim().parse::<u64>().map_err(|_| {
-                ApiError::bad_request(
-                    codes::INVALID_HEADER,
-                    format!("'Courier-Delay: {d}' is not a whole number of milliseconds"),
-                )
-            })
+            let ms = d.trim().parse::<u64>().map_err(|_| {
+                format!("'Courier-Delay: {d}' is not a whole number of milliseconds")
+            })?;
+            bounds::duration_ms("Courier-Delay", ms)
         })
-        .transpose()?;
+        .transpose()
+        .map_err(|e| ApiError::bad_request(codes::INVALID_HEADER, e))?;
     let deliver_at = deliver_at
         .map(|d| {
             let t = match d.trim().parse::<u64>() {
@@ -201,7 +201,12 @@ pub(crate) fn message_from_json(
         .map(timestamp_millis)
         .transpose()
         .map_err(at)?;
-    let deliver_at = delivery_time(m.delay_ms, deliver_at).map_err(at)?;
+    let delay_ms = m
+        .delay_ms
+        .map(|ms| bounds::duration_ms("delay_ms", ms))
+        .transpose()
+        .map_err(at)?;
+    let deliver_at = delivery_time(delay_ms, deliver_at).map_err(at)?;
     let id = match m.id {
         Some(id) => Some(id),
         None => headers.get("ce-id").cloned(),
@@ -237,17 +242,18 @@ fn delivery_time(
     }
 }
 
-/// Milliseconds since the epoch of a wire timestamp.
+/// Milliseconds since the epoch of a wire timestamp, refused past the year 9999.
 pub(crate) fn timestamp_millis(t: &Timestamp) -> Result<Millis, String> {
     match t {
-        Timestamp::Millis(ms) => Ok(*ms),
+        Timestamp::Millis(ms) => bounds::timestamp(*ms),
         Timestamp::Rfc3339(s) => {
             let at = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
                 .map_err(|e| {
                     format!("'{s}' is neither milliseconds since the epoch nor RFC 3339: {e}")
                 })?;
             let ms = at.unix_timestamp_nanos() / 1_000_000;
-            Millis::try_from(ms).map_err(|_| format!("'{s}' is before 1970"))
+            let ms = Millis::try_from(ms).map_err(|_| format!("'{s}' is before 1970"))?;
+            bounds::timestamp(ms)
         }
     }
 }
@@ -389,6 +395,26 @@ mod tests {
             (vec![("Courier-Hedaer-X", "1")], codes::INVALID_HEADER),
             (vec![("Courier-Id", "")], codes::INVALID_HEADER),
             (
+                vec![("Courier-Id", "a"), ("Courier-Id", "b")],
+                codes::INVALID_HEADER,
+            ),
+            (
+                vec![("Courier-Key", "a"), ("Courier-Key", "a")],
+                codes::INVALID_HEADER,
+            ),
+            (
+                vec![("Courier-Delay", "18446744073709551615")],
+                codes::INVALID_HEADER,
+            ),
+            (
+                vec![("Courier-Delay", "18446744073709551616")],
+                codes::INVALID_HEADER,
+            ),
+            (
+                vec![("Courier-Deliver-At", "18446744073709551615")],
+                codes::INVALID_HEADER,
+            ),
+            (
                 vec![("Courier-Header-a", "1"), ("Courier-Header-b", "2")],
                 codes::TOO_MANY_HEADERS,
             ),
@@ -407,6 +433,12 @@ mod tests {
         );
         assert!(timestamp_millis(&Timestamp::Rfc3339("1969-12-31T23:59:59Z".into())).is_err());
         assert!(timestamp_millis(&Timestamp::Rfc3339("yesterday".into())).is_err());
+        assert!(timestamp_millis(&Timestamp::Millis(u64::MAX)).is_err());
+        assert!(timestamp_millis(&Timestamp::Rfc3339("9999-12-31T23:59:59-01:00".into())).is_err());
+        assert_eq!(
+            timestamp_millis(&Timestamp::Rfc3339("9999-12-31T23:59:59.999Z".into())),
+            Ok(bounds::MAX_TIMESTAMP_MS)
+        );
     }
 
     #[test]

@@ -24,8 +24,8 @@ use crate::extract::{JsonBody, Name, QueryParams, RawBody};
         ("name" = String, Path, description = "Topic name"),
         ("Courier-Id" = Option<String>, Header, description = "Client-supplied message id, deduplicated within the topic's dedup window"),
         ("Courier-Key" = Option<String>, Header, description = "Ordering key"),
-        ("Courier-Delay" = Option<u64>, Header, description = "Deliver no earlier than this many milliseconds from now"),
-        ("Courier-Deliver-At" = Option<String>, Header, description = "Deliver no earlier than this time: milliseconds since the epoch or RFC 3339"),
+        ("Courier-Delay" = Option<u64>, Header, description = "Deliver no earlier than this many milliseconds from now (at most 100 years)"),
+        ("Courier-Deliver-At" = Option<String>, Header, description = "Deliver no earlier than this time: milliseconds since the epoch or RFC 3339, before the year 10000"),
     ),
     request_body(content = Vec<u8>, description = "The message body, any content type", content_type = "*/*"),
     responses(

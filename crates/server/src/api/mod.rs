@@ -24,6 +24,8 @@ use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 use tower_http::trace::TraceLayer;
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::{OpenApi, Response as OaResponse, ResponseBuilder};
 use utoipa::{Modify, OpenApi as _};
 use utoipa_axum::router::OpenApiRouter;
@@ -31,6 +33,7 @@ use utoipa_axum::routes;
 
 use crate::config::ServerConfig;
 use crate::error::{codes, problem_for_bare_errors, ApiError};
+use crate::rate_limit::{self, RateLimit};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -89,21 +92,46 @@ impl AppState {
 struct ApiDoc;
 
 /// Every operation may also answer a problem document (bad input, timeout,
-/// shutting down); listing that on each route would only repeat it.
+/// shutting down); listing that on each route would only repeat it. Every
+/// operation but the health probes may also answer 429 `rate_limited`.
 struct DefaultProblem;
 
 impl Modify for DefaultProblem {
     fn modify(&self, openapi: &mut OpenApi) {
+        let problem_content = || {
+            utoipa::openapi::ContentBuilder::new()
+                .schema(Some(utoipa::openapi::Ref::from_schema_name("Problem")))
+                .build()
+        };
         let problem: OaResponse = ResponseBuilder::new()
             .description("An RFC 9457 problem document; `code` says what went wrong")
-            .content(
-                courier_client::wire::PROBLEM_JSON,
-                utoipa::openapi::ContentBuilder::new()
-                    .schema(Some(utoipa::openapi::Ref::from_schema_name("Problem")))
-                    .build(),
-            )
+            .content(courier_client::wire::PROBLEM_JSON, problem_content())
             .build();
-        for item in openapi.paths.paths.values_mut() {
+        let retry_after = HeaderBuilder::new()
+            .schema(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(1)),
+            )
+            .description(Some("Whole seconds until a request may succeed again"))
+            .build();
+        let rate_limited: OaResponse = ResponseBuilder::new()
+            .description(
+                "`rate_limited`: this client (IP address, IPv6 /64) went over the \
+                 server's `rate_limit`; try again after `Retry-After` seconds",
+            )
+            .header("Retry-After", retry_after)
+            .content(courier_client::wire::PROBLEM_JSON, problem_content())
+            .build();
+        // Described once, referred to by every operation it applies to.
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .responses
+            .insert("RateLimited".into(), rate_limited.into());
+        let rate_limited = utoipa::openapi::Ref::from_response_name("RateLimited");
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let limited = !rate_limit::EXEMPT.contains(&path.as_str());
             for op in [
                 &mut item.get,
                 &mut item.put,
@@ -113,8 +141,13 @@ impl Modify for DefaultProblem {
             .into_iter()
             .flatten()
             {
-                op.responses
-                    .responses
+                let responses = &mut op.responses.responses;
+                if limited {
+                    responses
+                        .entry("429".into())
+                        .or_insert_with(|| rate_limited.clone().into());
+                }
+                responses
                     .entry("default".into())
                     .or_insert_with(|| problem.clone().into());
             }
@@ -169,21 +202,35 @@ pub fn openapi_json() -> String {
     json
 }
 
-/// The whole HTTP application: routes plus the middleware stack.
-pub(crate) fn app(state: AppState, config: &ServerConfig) -> Router {
+/// The whole HTTP application: routes plus the middleware stack. With a rate
+/// limit, requests need the peer's `ConnectInfo<SocketAddr>` extension, which
+/// the connection loop adds.
+pub(crate) fn app(
+    state: AppState,
+    config: &ServerConfig,
+    rate_limit: Option<Arc<RateLimit>>,
+) -> Router {
     let (router, _) = routes().split_for_parts();
     let timeouts = Timeouts {
         request: config.request_timeout,
         pull: config.request_timeout + config.max_pull_wait,
     };
     // Layers run outside-in from the last one added.
-    router
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, codes::NOT_FOUND, "no such route") })
+    let router = router
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, codes::NOT_FOUND, "no such route")
+        })
         .with_state(state)
         // The tower-http limit below does the limiting (it refuses early on Content-Length).
         .layer(DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(config.body_limit))
-        .layer(middleware::from_fn_with_state(timeouts, request_timeout))
+        .layer(middleware::from_fn_with_state(timeouts, request_timeout));
+    // Outside the timeout and the body limit: a refused request costs no body read.
+    let router = match rate_limit {
+        Some(limit) => router.layer(middleware::from_fn_with_state(limit, rate_limit::enforce)),
+        None => router,
+    };
+    router
         .layer(middleware::map_response(problem_for_bare_errors))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use super::codec::{raw_delivery, timestamp_millis};
 use super::messages::page_size;
 use super::AppState;
+use crate::bounds;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, Name, QueryParams};
 
@@ -41,6 +42,7 @@ pub(crate) async fn create_subscription(
     if config.topic.is_empty() {
         return Err(ApiError::invalid_argument("topic is required"));
     }
+    bounds::subscription(&config).map_err(ApiError::invalid_argument)?;
     let existed = s.engine.subscription(&name).await.is_ok();
     let info = s.engine.create_subscription(&name, config).await?;
     let status = if existed {
@@ -206,7 +208,11 @@ pub(crate) async fn nack(
     JsonBody(body): JsonBody<NackBody>,
 ) -> Result<StatusCode, ApiError> {
     non_empty(&body.seqs)?;
-    let delay = body.delay_ms.map(Duration::from_millis);
+    let delay = body
+        .delay_ms
+        .map(|ms| bounds::duration_ms("delay_ms", ms).map(Duration::from_millis))
+        .transpose()
+        .map_err(ApiError::invalid_argument)?;
     s.engine.nack(&name, &body.seqs, delay, body.error).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -228,8 +234,9 @@ pub(crate) async fn extend(
     JsonBody(body): JsonBody<ExtendBody>,
 ) -> Result<StatusCode, ApiError> {
     non_empty(&body.seqs)?;
+    let by = bounds::duration_ms("by_ms", body.by_ms).map_err(ApiError::invalid_argument)?;
     s.engine
-        .extend(&name, &body.seqs, Duration::from_millis(body.by_ms))
+        .extend(&name, &body.seqs, Duration::from_millis(by))
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
