@@ -85,8 +85,8 @@ impl EmbeddedEngine {
         // Opening reads files; keep it off the async workers.
         let (store, meta, journal, registry) =
             tokio::task::spawn_blocking(move || recover(&cfg, &dir, clock, &token))
-        .await
-        .map_err(|e| Error::Storage(format!("recovery panicked: {e}")))??;
+                .await
+                .map_err(|e| Error::Storage(format!("recovery panicked: {e}")))??;
         let engine = Arc::new_cyclic(|me| EmbeddedEngine {
             config,
             clock,
@@ -101,7 +101,13 @@ impl EmbeddedEngine {
             lock: parking_lot::Mutex::new(Some(lock)),
         });
         engine.checkpoint().await?;
-        let subs: Vec<_> = engine.registry.read().subscriptions.values().cloned().collect();
+        let subs: Vec<_> = engine
+            .registry
+            .read()
+            .subscriptions
+            .values()
+            .cloned()
+            .collect();
         for sub in subs {
             engine.start_dead_letter_worker(sub);
         }
@@ -141,7 +147,12 @@ impl EmbeddedEngine {
     }
 
     fn subscriptions(&self) -> Vec<Arc<Subscription>> {
-        self.registry.read().subscriptions.values().cloned().collect()
+        self.registry
+            .read()
+            .subscriptions
+            .values()
+            .cloned()
+            .collect()
     }
 
     fn topic_info(&self, topic: &Topic) -> TopicInfo {
@@ -471,11 +482,7 @@ impl Engine for EmbeddedEngine {
         Ok(topics.iter().map(|t| self.topic_info(t)).collect())
     }
 
-    async fn publish(
-        &self,
-        topic: &str,
-        messages: Vec<NewMessage>,
-    ) -> Result<Vec<PublishReceipt>> {
+    async fn publish(&self, topic: &str, messages: Vec<NewMessage>) -> Result<Vec<PublishReceipt>> {
         self.check_open()?;
         let topic = self.topic_ref(topic)?;
         if messages.is_empty() || messages.len() > MAX_BATCH {
@@ -493,7 +500,9 @@ impl Engine for EmbeddedEngine {
     async fn read(&self, topic: &str, from: Seq, max: usize) -> Result<Vec<Message>> {
         self.check_open()?;
         let topic = self.topic_ref(topic)?;
-        let batch = topic.log.read(from.max(1), max.clamp(1, 10_000), 32 << 20)?;
+        let batch = topic
+            .log
+            .read(from.max(1), max.clamp(1, 10_000), 32 << 20)?;
         Ok(batch.into_iter().map(|m| topic.named(m)).collect())
     }
 
@@ -588,7 +597,9 @@ impl Engine for EmbeddedEngine {
     async fn pull(&self, subscription: &str, request: PullRequest) -> Result<Vec<Delivery>> {
         let sub = self.sub_ref(subscription)?;
         if request.max_messages == 0 {
-            return Err(Error::InvalidArgument("max_messages must be at least 1".into()));
+            return Err(Error::InvalidArgument(
+                "max_messages must be at least 1".into(),
+            ));
         }
         tokio::select! {
             out = sub.pull(&request) => out,
@@ -613,7 +624,9 @@ impl Engine for EmbeddedEngine {
 
     async fn extend(&self, subscription: &str, seqs: &[Seq], by: Duration) -> Result<()> {
         if by.is_zero() {
-            return Err(Error::InvalidArgument("extend needs a positive duration".into()));
+            return Err(Error::InvalidArgument(
+                "extend needs a positive duration".into(),
+            ));
         }
         self.sub_ref(subscription)?.extend(seqs, by).await
     }
@@ -734,7 +747,11 @@ impl EmbeddedEngine {
 }
 
 fn validate_subscription(name: &str, c: &SubscriptionConfig) -> Result<()> {
-    let bad = |msg: &str| Err(Error::InvalidArgument(format!("subscription '{name}': {msg}")));
+    let bad = |msg: &str| {
+        Err(Error::InvalidArgument(format!(
+            "subscription '{name}': {msg}"
+        )))
+    };
     validate_name(&c.topic)?;
     if let Some(dlq) = &c.dead_letter_topic {
         validate_name(dlq)?;

@@ -223,29 +223,37 @@ impl Subscription {
         }
     }
 
+    /// Settles `seqs`; returns once that is durable. Also when nothing was
+    /// pending: a concurrent ack of the same message may have settled it
+    /// without having reached the disk yet.
     pub async fn ack(&self, seqs: &[Seq]) -> Result<()> {
-        {
+        let changed = {
             let mut st = self.state.lock();
-            match st.ack(seqs) {
-                Some(e) => self.record(&st, e),
-                None => return Ok(()),
-            }
+            st.ack(seqs).map(|e| self.record(&st, e)).is_some()
+        };
+        if changed {
+            self.notify.notify_waiters();
         }
-        self.notify.notify_waiters();
         self.sync().await
     }
 
-    pub async fn nack(&self, seqs: &[Seq], delay: Option<Duration>, error: Option<String>) -> Result<()> {
-        {
+    pub async fn nack(
+        &self,
+        seqs: &[Seq],
+        delay: Option<Duration>,
+        error: Option<String>,
+    ) -> Result<()> {
+        let changed = {
             let mut st = self.state.lock();
             let now = self.clock.now();
-            match st.nack(seqs, now, delay, error, &mut rand::random::<f64>) {
-                Some(e) => self.record(&st, e),
-                None => return Ok(()),
-            }
+            st.nack(seqs, now, delay, error, &mut rand::random::<f64>)
+                .map(|e| self.record(&st, e))
+                .is_some()
+        };
+        if changed {
+            self.exhausted.notify_one();
+            self.notify.notify_waiters();
         }
-        self.exhausted.notify_one();
-        self.notify.notify_waiters();
         self.sync().await
     }
 

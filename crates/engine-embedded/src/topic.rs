@@ -166,7 +166,10 @@ impl Topic {
             };
             receipts[i] = Some(duplicate(seq, &id));
         }
-        Ok(receipts.into_iter().map(|r| r.expect("every message answered")).collect())
+        Ok(receipts
+            .into_iter()
+            .map(|r| r.expect("every message answered"))
+            .collect())
     }
 }
 

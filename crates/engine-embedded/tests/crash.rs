@@ -8,7 +8,8 @@
 //!   restart is exercised too);
 //! - the log's seqs are contiguous;
 //! - every subscription still delivers everything that was not acked, and
-//!   nothing whose ack was acknowledged.
+//!   nothing whose ack was acknowledged; the ordered one one message per key
+//!   at a time, in order.
 //!
 //! A last round stops the child cleanly (`Engine::shutdown`) and checks the same.
 //!
@@ -22,7 +23,8 @@
 //! The child is this test binary itself, re-executed to run only
 //! [`crash_child`] with `COURIER_CRASH_CHILD` set. It reports to the parent on
 //! stdout, one line per fact, each written and flushed in one piece:
-//! - `READY`: the engine is open, the topic and subscriptions exist;
+//! - `READY`: the engine is open, the topic and subscriptions exist, and the
+//!   ids the previous child left unconfirmed have been published again;
 //! - `P <id> <seq> <duplicate 0|1>`: a publish of `id` returned Ok with this receipt
 //!   (written only after `publish` returned);
 //! - `I <sub> <seq,…>`: an ack of these seqs is about to be attempted

@@ -87,9 +87,18 @@ async fn publish_pull_ack_and_fan_out() {
     e.create_topic("t", TopicConfig::default()).await.unwrap();
     e.create_subscription("a", sub_config("t")).await.unwrap();
     e.create_subscription("b", sub_config("t")).await.unwrap();
-    let receipts = e.publish("t", vec![msg("1"), msg("2"), msg("3")]).await.unwrap();
-    assert_eq!(receipts.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
-    assert!(receipts[0].id < receipts[1].id, "generated ids sort by time and sequence");
+    let receipts = e
+        .publish("t", vec![msg("1"), msg("2"), msg("3")])
+        .await
+        .unwrap();
+    assert_eq!(
+        receipts.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert!(
+        receipts[0].id < receipts[1].id,
+        "generated ids sort by time and sequence"
+    );
 
     for sub in ["a", "b"] {
         let got = e.pull(sub, pull(10)).await.unwrap();
@@ -127,7 +136,11 @@ async fn competing_consumers_share_the_queue() {
             .await
             .unwrap();
         for d in &got {
-            assert!(seen.insert(d.message.seq), "delivered twice: {}", d.message.seq);
+            assert!(
+                seen.insert(d.message.seq),
+                "delivered twice: {}",
+                d.message.seq
+            );
         }
         e.ack("q", &got.iter().map(|d| d.message.seq).collect::<Vec<_>>())
             .await
@@ -233,7 +246,10 @@ async fn extend_keeps_the_lease() {
     assert!(e.pull("s", pull(1)).await.unwrap().is_empty());
     assert_eq!(e.subscription("s").await.unwrap().in_flight, 1);
     tokio::time::advance(Duration::from_secs(1)).await;
-    let err = e.extend("s", &[1], Duration::from_secs(1)).await.unwrap_err();
+    let err = e
+        .extend("s", &[1], Duration::from_secs(1))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), "not_leased");
     e.shutdown().await.unwrap();
 }
@@ -255,17 +271,25 @@ async fn ordering_keys_under_parallel_consumers() {
         })
         .collect();
     e.publish("t", batch).await.unwrap();
-    let seen = Arc::new(parking_lot::Mutex::new(
-        std::collections::HashMap::<String, Vec<u32>>::new(),
-    ));
+    let seen = Arc::new(parking_lot::Mutex::new(std::collections::HashMap::<
+        String,
+        Vec<u32>,
+    >::new()));
     let mut tasks = Vec::new();
     for w in 0..8 {
         let e = e.clone();
         let seen = seen.clone();
         tasks.push(tokio::spawn(async move {
             let give_up = std::time::Instant::now() + Duration::from_secs(60);
-            while seen.lock().values().map(Vec::len).sum::<usize>() < 400 {
-                assert!(std::time::Instant::now() < give_up, "ordered delivery stalled");
+            loop {
+                let total: usize = seen.lock().values().map(Vec::len).sum();
+                if total >= 400 {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < give_up,
+                    "ordered delivery stalled"
+                );
                 let got = e
                     .pull(
                         "s",
@@ -286,7 +310,10 @@ async fn ordering_keys_under_parallel_consumers() {
                     for d in &got {
                         let key = d.message.key.clone().unwrap();
                         assert!(keys_now.insert(key.clone()), "two of one key in flight");
-                        let n: u32 = std::str::from_utf8(&d.message.body).unwrap().parse().unwrap();
+                        let n: u32 = std::str::from_utf8(&d.message.body)
+                            .unwrap()
+                            .parse()
+                            .unwrap();
                         seen.entry(key).or_default().push(n);
                     }
                 }
@@ -299,10 +326,14 @@ async fn ordering_keys_under_parallel_consumers() {
     for t in tasks {
         t.await.unwrap();
     }
-    let seen = seen.lock();
+    let seen = seen.lock().clone();
     for key in keys {
         let order = &seen[key];
-        assert_eq!(order, &(0..100).collect::<Vec<u32>>(), "key {key} out of order");
+        assert_eq!(
+            order,
+            &(0..100).collect::<Vec<u32>>(),
+            "key {key} out of order"
+        );
     }
     e.shutdown().await.unwrap();
 }
@@ -337,8 +368,14 @@ async fn delayed_delivery_survives_restart() {
     let got = e.pull("s", wait).await.unwrap();
     assert_eq!(bodies(&got), vec!["later"]);
     let waited = start.elapsed();
-    assert!(waited >= Duration::from_secs(59), "delivered early, after {waited:?}");
-    assert!(waited < Duration::from_secs(61), "delivered late, after {waited:?}");
+    assert!(
+        waited >= Duration::from_secs(59),
+        "delivered early, after {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(61),
+        "delivered late, after {waited:?}"
+    );
     e.shutdown().await.unwrap();
 }
 
@@ -364,7 +401,10 @@ async fn restart_keeps_acks_leases_and_attempts() {
     assert_eq!(info.in_flight, 1, "the lease on 4 survives the restart");
     let got = e.pull("s", pull(10)).await.unwrap();
     let seqs: Vec<_> = got.iter().map(|d| (d.message.seq, d.attempt)).collect();
-    assert_eq!(seqs, vec![(2, 2), (5, 1), (6, 1), (7, 1), (8, 1), (9, 1), (10, 1)]);
+    assert_eq!(
+        seqs,
+        vec![(2, 2), (5, 1), (6, 1), (7, 1), (8, 1), (9, 1), (10, 1)]
+    );
     e.shutdown().await.unwrap();
 }
 
@@ -386,7 +426,10 @@ async fn idempotent_publish_within_and_after_the_window() {
         ..msg("x")
     };
     let first = e.publish("t", vec![with_id("order-1")]).await.unwrap();
-    let again = e.publish("t", vec![with_id("order-1"), with_id("order-2")]).await.unwrap();
+    let again = e
+        .publish("t", vec![with_id("order-1"), with_id("order-2")])
+        .await
+        .unwrap();
     assert_eq!((again[0].seq, again[0].duplicate), (first[0].seq, true));
     assert_eq!((again[1].seq, again[1].duplicate), (2, false));
     // Concurrent retries of one id append it once.
@@ -436,9 +479,15 @@ async fn seek_by_sequence_and_time() {
         .await
         .unwrap();
     e.seek("s", SeekTarget::Seq(2)).await.unwrap();
-    assert_eq!(bodies(&e.pull("s", pull(10)).await.unwrap()), vec!["2", "3", "4"]);
+    assert_eq!(
+        bodies(&e.pull("s", pull(10)).await.unwrap()),
+        vec!["2", "3", "4"]
+    );
     e.seek("s", SeekTarget::Time(mid)).await.unwrap();
-    assert_eq!(bodies(&e.pull("s", pull(10)).await.unwrap()), vec!["3", "4"]);
+    assert_eq!(
+        bodies(&e.pull("s", pull(10)).await.unwrap()),
+        vec!["3", "4"]
+    );
     // Seeking to the end skips everything.
     e.seek("s", SeekTarget::Seq(u64::MAX)).await.unwrap();
     assert!(e.pull("s", pull(10)).await.unwrap().is_empty());
@@ -472,7 +521,12 @@ async fn retention_by_count_frees_space_and_moves_subscriptions() {
     e.enforce_retention().unwrap();
     let after = e.topic("t").await.unwrap();
     assert_eq!(after.first_seq, 901);
-    assert!(after.bytes < before.bytes / 2, "{} -> {}", before.bytes, after.bytes);
+    assert!(
+        after.bytes < before.bytes / 2,
+        "{} -> {}",
+        before.bytes,
+        after.bytes
+    );
     let got = e.pull("s", pull(1)).await.unwrap();
     assert_eq!(got[0].message.seq, 901);
     assert_eq!(e.subscription("s").await.unwrap().backlog, 100);
@@ -484,25 +538,50 @@ async fn errors_have_stable_codes() {
     let dir = TempDir::new().unwrap();
     let e = open(&dir).await;
     let code = |r: courier_core::Result<_>| r.map(|_: ()| ()).unwrap_err().code();
-    assert_eq!(code(e.publish("nope", vec![msg("x")]).await.map(|_| ())), "topic_not_found");
-    assert_eq!(code(e.create_topic("bad/name", TopicConfig::default()).await.map(|_| ())), "invalid_name");
+    assert_eq!(
+        code(e.publish("nope", vec![msg("x")]).await.map(|_| ())),
+        "topic_not_found"
+    );
+    assert_eq!(
+        code(
+            e.create_topic("bad/name", TopicConfig::default())
+                .await
+                .map(|_| ())
+        ),
+        "invalid_name"
+    );
     e.create_topic("t", TopicConfig::default()).await.unwrap();
     let other = TopicConfig {
         dedup_window: Duration::from_secs(1),
         ..TopicConfig::default()
     };
-    assert_eq!(code(e.create_topic("t", other).await.map(|_| ())), "topic_exists");
+    assert_eq!(
+        code(e.create_topic("t", other).await.map(|_| ())),
+        "topic_exists"
+    );
     e.create_subscription("s", sub_config("t")).await.unwrap();
     assert_eq!(code(e.delete_topic("t").await), "topic_in_use");
-    assert_eq!(code(e.pull("nope", pull(1)).await.map(|_| ())), "subscription_not_found");
+    assert_eq!(
+        code(e.pull("nope", pull(1)).await.map(|_| ())),
+        "subscription_not_found"
+    );
     let huge = NewMessage {
         body: Bytes::from(vec![0u8; 9 << 20]),
         ..NewMessage::default()
     };
-    assert_eq!(code(e.publish("t", vec![huge]).await.map(|_| ())), "message_too_large");
+    assert_eq!(
+        code(e.publish("t", vec![huge]).await.map(|_| ())),
+        "message_too_large"
+    );
     let too_many: Vec<_> = (0..10_001).map(|_| msg("x")).collect();
-    assert_eq!(code(e.publish("t", too_many).await.map(|_| ())), "invalid_argument");
-    assert_eq!(code(e.publish("t", vec![]).await.map(|_| ())), "invalid_argument");
+    assert_eq!(
+        code(e.publish("t", too_many).await.map(|_| ())),
+        "invalid_argument"
+    );
+    assert_eq!(
+        code(e.publish("t", vec![]).await.map(|_| ())),
+        "invalid_argument"
+    );
     e.delete_subscription("s").await.unwrap();
     e.delete_topic("t").await.unwrap();
     assert!(!dir.path().join("topics/t").exists());
@@ -539,7 +618,10 @@ async fn a_waiting_pull_returns_as_soon_as_a_message_arrives() {
     e.publish("t", vec![msg("wake up")]).await.unwrap();
     let got = waiting.await.unwrap();
     assert_eq!(bodies(&got), vec!["wake up"]);
-    assert!(started.elapsed() < Duration::from_secs(30), "the pull waited for its deadline");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the pull waited for its deadline"
+    );
     e.shutdown().await.unwrap();
 }
 
@@ -617,11 +699,19 @@ async fn dead_letters_survive_a_crash_and_replay_after_restart() {
     // settling the message stores it again after the restart.
     wait_until(|| async { e.subscription("s").await.unwrap().backlog == 0 }).await;
     let letters = e.dead_letters("s", 10).await.unwrap();
-    let seqs: std::collections::BTreeSet<_> =
-        letters.iter().map(|m| m.headers["courier-dlq-seq"].clone()).collect();
+    let seqs: std::collections::BTreeSet<_> = letters
+        .iter()
+        .map(|m| m.headers["courier-dlq-seq"].clone())
+        .collect();
     assert_eq!(seqs.into_iter().collect::<Vec<_>>(), vec!["1", "2"]);
-    assert_eq!(e.replay_dead_letters("s", None).await.unwrap(), letters.len() as u64);
-    assert_eq!(bodies(&e.pull("s", pull(10)).await.unwrap()), vec!["a", "b"]);
+    assert_eq!(
+        e.replay_dead_letters("s", None).await.unwrap(),
+        letters.len() as u64
+    );
+    assert_eq!(
+        bodies(&e.pull("s", pull(10)).await.unwrap()),
+        vec!["a", "b"]
+    );
     e.shutdown().await.unwrap();
 }
 
