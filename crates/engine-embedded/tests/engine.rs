@@ -724,3 +724,44 @@ async fn a_data_dir_is_opened_by_one_engine_at_a_time() {
     first.shutdown().await.unwrap();
     open(&dir).await.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn start_positions() {
+    let dir = TempDir::new().unwrap();
+    let e = open(&dir).await;
+    e.create_topic("t", TopicConfig::default()).await.unwrap();
+    e.publish("t", vec![msg("1"), msg("2")]).await.unwrap();
+    let mid = courier_core::clock::wall_now() + 1;
+    while courier_core::clock::wall_now() <= mid {
+        tokio::task::yield_now().await;
+    }
+    e.publish("t", vec![msg("3")]).await.unwrap();
+    let starts = [
+        ("new", StartPosition::New),
+        ("earliest", StartPosition::Earliest),
+        ("seq", StartPosition::Seq(2)),
+        ("time", StartPosition::Time(mid)),
+    ];
+    for (name, start) in starts {
+        let cfg = SubscriptionConfig {
+            start,
+            ..sub_config("t")
+        };
+        e.create_subscription(name, cfg).await.unwrap();
+    }
+    e.publish("t", vec![msg("4")]).await.unwrap();
+    let expect = [
+        ("new", vec!["4"]),
+        ("earliest", vec!["1", "2", "3", "4"]),
+        ("seq", vec!["2", "3", "4"]),
+        ("time", vec!["3", "4"]),
+    ];
+    for (name, want) in expect {
+        assert_eq!(
+            bodies(&e.pull(name, pull(10)).await.unwrap()),
+            want,
+            "{name}"
+        );
+    }
+    e.shutdown().await.unwrap();
+}
