@@ -1,0 +1,731 @@
+//! The real `courier` server over HTTP, fsync on, side by side with Redis
+//! (`XADD`, AOF with `appendfsync always`), both driven by this program's
+//! load generator; plus the same workloads in-process, for the cost of HTTP.
+//!
+//! `cargo build --release -p courier && cargo run --release -p courier-bench --bin http -- [--quick] [--secs N] [--dir DIR] [--courier PATH] [--redis-server PATH] [--no-fsync] [--only single-1|single-16|single-64|batch|pull]`
+//!
+//! The server binary is `--courier`, else `$COURIER_BIN`, else `courier` next
+//! to this program (the same target directory). Redis is `--redis-server`,
+//! else `$REDIS_SERVER`, else `/usr/bin/redis-server`; without it the Redis
+//! column is skipped. Both servers listen on 127.0.0.1, use a temporary data
+//! directory, and are stopped by their PID at the end.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use courier_bench::child::{self, Spawned};
+use courier_bench::load::{self, Outcome};
+use courier_bench::machine::CpuMeter;
+use courier_bench::report::{count, goals_table, micros, Goal, Table};
+use courier_bench::{body, http, inproc, machine, resp, Options};
+use courier_core::Engine;
+use hyper::{Method, StatusCode};
+
+const BODY: usize = 256;
+const SINGLE_CONNECTIONS: [usize; 3] = [1, 16, 64];
+const BATCH: usize = 100;
+const BATCH_CONNECTIONS: usize = 16;
+const CONSUMERS: usize = 4;
+const PULL_MAX: usize = 500;
+
+/// The cases, in the order of the tables.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Case {
+    Single(usize),
+    Batch,
+    PullAck,
+}
+
+impl Case {
+    fn all() -> Vec<Case> {
+        let mut cases: Vec<Case> = SINGLE_CONNECTIONS
+            .iter()
+            .map(|&n| Case::Single(n))
+            .collect();
+        cases.extend([Case::Batch, Case::PullAck]);
+        cases
+    }
+
+    /// The cases `--only` selects.
+    fn chosen(options: &Options) -> Vec<Case> {
+        Case::all()
+            .into_iter()
+            .filter(|c| options.wants(c.key()))
+            .collect()
+    }
+
+    /// The name `--only` matches.
+    fn key(self) -> &'static str {
+        match self {
+            Case::Single(1) => "single-1",
+            Case::Single(16) => "single-16",
+            Case::Single(_) => "single-64",
+            Case::Batch => "batch",
+            Case::PullAck => "pull",
+        }
+    }
+
+    fn courier(self) -> String {
+        match self {
+            Case::Single(n) => format!("publish 1 msg/request, {n} connection{}", plural(n)),
+            Case::Batch => {
+                format!("batch publish {BATCH} msgs/request, {BATCH_CONNECTIONS} connections")
+            }
+            Case::PullAck => format!("pull (max {PULL_MAX}) + ack, {CONSUMERS} connections"),
+        }
+    }
+
+    fn redis(self) -> Option<String> {
+        match self {
+            Case::Single(n) => Some(format!("XADD, {n} client{}", plural(n))),
+            Case::Batch => Some(format!(
+                "XADD pipelined {BATCH}/round trip, {BATCH_CONNECTIONS} clients"
+            )),
+            Case::PullAck => None,
+        }
+    }
+}
+
+/// One measured case, with the CPU used during it (CPU-seconds per second).
+struct Measured {
+    outcome: Outcome,
+    /// This program, the load generator.
+    client: f64,
+    server: f64,
+    /// Everything else on the (shared) machine.
+    others: f64,
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+struct Programs {
+    courier: PathBuf,
+    redis: Option<PathBuf>,
+}
+
+fn main() -> Result<()> {
+    let options = Options::parse(std::env::args().skip(1))?;
+    let programs = find_programs(&options)?;
+    let prefill: u64 = if options.quick { 50_000 } else { 1_000_000 };
+
+    machine::print_header(
+        "http (courier serve over HTTP/1.1 vs Redis XADD)",
+        &options.dir,
+    )?;
+    if !options.fsync {
+        println!("- **fsync OFF** (--no-fsync, Courier and in-process only): an experiment, not a durable figure");
+    }
+    println!("- courier: {}", programs.courier.display());
+    match &programs.redis {
+        Some(r) => println!("- redis: {} ({})", r.display(), redis_version(r)),
+        None => println!("- redis: not found, Redis was skipped"),
+    }
+    println!(
+        "- each timed case: {:?}; {BODY} B bodies; pull+ack backlog {}\n",
+        options.case_time,
+        count(prefill as f64)
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+
+    println!("in-process reference (embedded engine, same workloads)…");
+    let inproc = runtime.block_on(in_process(&options, prefill))?;
+    println!("courier over HTTP…");
+    let courier = runtime.block_on(courier_http(&options, &programs.courier, prefill))?;
+    let redis = match &programs.redis {
+        Some(path) => {
+            println!("redis…");
+            Some(runtime.block_on(redis_xadd(&options, path))?)
+        }
+        None => None,
+    };
+    drop(runtime);
+
+    report(&inproc, &courier, redis.as_deref());
+    Ok(())
+}
+
+fn find_programs(options: &Options) -> Result<Programs> {
+    let mut courier = std::env::var_os("COURIER_BIN").map(PathBuf::from);
+    let mut redis = std::env::var_os("REDIS_SERVER").map(PathBuf::from);
+    let mut rest = options.rest.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--courier" => courier = Some(rest.next().context("--courier needs a path")?.into()),
+            "--redis-server" => {
+                redis = Some(rest.next().context("--redis-server needs a path")?.into())
+            }
+            other => bail!("unknown argument '{other}'; see docs/benchmarks.md"),
+        }
+    }
+    let courier = match courier {
+        Some(c) => c,
+        None => std::env::current_exe()?
+            .parent()
+            .context("the program has no directory")?
+            .join("courier"),
+    };
+    if !courier.is_file() {
+        bail!(
+            "no courier binary at {}: build it with `cargo build --release -p courier` (same CARGO_TARGET_DIR), or give --courier PATH",
+            courier.display()
+        );
+    }
+    let redis = redis
+        .or_else(|| Some(PathBuf::from("/usr/bin/redis-server")))
+        .filter(|p| p.is_file());
+    Ok(Programs { courier, redis })
+}
+
+fn redis_version(path: &Path) -> String {
+    Command::new(path)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| {
+            s.split_whitespace()
+                .find_map(|w| w.strip_prefix("v="))
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "unknown version".into())
+}
+
+/// The same workloads against the embedded engine in this process.
+async fn in_process(options: &Options, prefill: u64) -> Result<Vec<(Case, Outcome)>> {
+    let dir = options.temp_dir("courier-bench-inproc-")?;
+    let engine = inproc::open(dir.path(), options.fsync).await?;
+    let shared: Arc<dyn Engine> = engine.clone();
+    let mut out = Vec::new();
+    for case in Case::chosen(options) {
+        let topic = match case {
+            Case::Single(n) => format!("single-{n}"),
+            Case::Batch => "batch".into(),
+            Case::PullAck => "work".into(),
+        };
+        inproc::create_topic(shared.as_ref(), &topic).await?;
+        let o = match case {
+            Case::Single(n) => {
+                inproc::publish(shared.clone(), &topic, n, body(BODY), 1, options.case_time).await?
+            }
+            Case::Batch => {
+                inproc::publish(
+                    shared.clone(),
+                    &topic,
+                    BATCH_CONNECTIONS,
+                    body(BODY),
+                    BATCH,
+                    options.case_time,
+                )
+                .await?
+            }
+            Case::PullAck => {
+                inproc::prefill(shared.clone(), &topic, prefill, body(BODY)).await?;
+                inproc::create_subscription(shared.as_ref(), "work-q", &topic).await?;
+                inproc::pull_ack(
+                    shared.clone(),
+                    &["work-q".into()],
+                    CONSUMERS,
+                    PULL_MAX,
+                    options.case_time,
+                )
+                .await?
+            }
+        };
+        out.push((case, o));
+    }
+    engine.shutdown().await?;
+    Ok(out)
+}
+
+/// Measures `run` and the CPU this process and `server` used meanwhile.
+async fn measured(
+    server: u32,
+    run: impl std::future::Future<Output = Result<Outcome>>,
+) -> Result<Measured> {
+    let meter = CpuMeter::start(&["self", &server.to_string()])?;
+    let outcome = run.await?;
+    let cpu = meter.stop()?;
+    Ok(Measured {
+        outcome,
+        client: cpu.processes[0],
+        server: cpu.processes[1],
+        others: cpu.others,
+    })
+}
+
+async fn connections(addr: SocketAddr, n: usize) -> Result<std::vec::IntoIter<http::Conn>> {
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        conns.push(http::Conn::connect(addr).await?);
+    }
+    Ok(conns.into_iter())
+}
+
+/// Starts `courier serve` and runs every case against it over HTTP/1.1.
+async fn courier_http(
+    options: &Options,
+    program: &Path,
+    prefill: u64,
+) -> Result<Vec<(Case, Measured)>> {
+    let dir = options.temp_dir("courier-bench-http-")?;
+    // Its log (default level, info) goes to a file, shown if it fails to start.
+    let log_path = dir.path().join("courier.log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut command = Command::new(program);
+    command
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log);
+    for (var, _) in std::env::vars_os() {
+        if var.to_string_lossy().starts_with("COURIER_") {
+            command.env_remove(var);
+        }
+    }
+    command.env("COURIER_FSYNC", options.fsync.to_string());
+    let mut server = Spawned::start("courier", command)?;
+    let addr = listening_address(&mut server).map_err(|e| {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        e.context(format!("courier's log:\n{log}"))
+    })?;
+    let pid = server.pid();
+    println!("courier (pid {pid}) listening on {addr}");
+
+    let mut admin = http::Conn::connect(addr).await?;
+    // Topics first, on a connection that is then dropped: the server closes
+    // connections idle for longer than its header read timeout.
+    for case in Case::all() {
+        let topic = topic_of(case);
+        admin
+            .json(
+                Method::PUT,
+                &format!("/v1/topics/{topic}"),
+                Bytes::from_static(b"{}"),
+                &[StatusCode::CREATED, StatusCode::OK],
+            )
+            .await?;
+    }
+    drop(admin);
+    let mut out = Vec::new();
+    for case in Case::chosen(options) {
+        let topic = topic_of(case);
+        let m = match case {
+            Case::Single(n) => {
+                let path = format!("/v1/topics/{topic}/messages");
+                let mut conns = connections(addr, n).await?;
+                measured(
+                    pid,
+                    load::run(n, options.case_time, |mut w| {
+                        let (mut conn, path, body) = (
+                            conns.next().expect("a connection per worker"),
+                            path.clone(),
+                            body(BODY),
+                        );
+                        async move {
+                            while w.running() {
+                                let t = Instant::now();
+                                let (status, answer) = conn
+                                    .send(
+                                        Method::POST,
+                                        &path,
+                                        "application/octet-stream",
+                                        body.clone(),
+                                    )
+                                    .await?;
+                                if status != StatusCode::CREATED {
+                                    bail!(
+                                        "publish: {status}: {}",
+                                        String::from_utf8_lossy(&answer)
+                                    );
+                                }
+                                w.record(t, 1);
+                            }
+                            Ok(w)
+                        }
+                    }),
+                )
+                .await?
+            }
+            Case::Batch => {
+                let path = format!("/v1/topics/{topic}/messages/batch");
+                let batch = http::batch_body(&body(BODY), BATCH);
+                let mut conns = connections(addr, BATCH_CONNECTIONS).await?;
+                measured(
+                    pid,
+                    load::run(BATCH_CONNECTIONS, options.case_time, |mut w| {
+                        let (mut conn, path, batch) = (
+                            conns.next().expect("a connection per worker"),
+                            path.clone(),
+                            batch.clone(),
+                        );
+                        async move {
+                            while w.running() {
+                                let t = Instant::now();
+                                conn.json(
+                                    Method::POST,
+                                    &path,
+                                    batch.clone(),
+                                    &[StatusCode::CREATED],
+                                )
+                                .await?;
+                                w.record(t, BATCH as u64);
+                            }
+                            Ok(w)
+                        }
+                    }),
+                )
+                .await?
+            }
+            Case::PullAck => {
+                let took = http_prefill(addr, topic, prefill).await?;
+                println!(
+                    "pre-filled {} × {BODY} B over HTTP in {:.1} s (batches of 1000)",
+                    count(prefill as f64),
+                    took.as_secs_f64()
+                );
+                let config = serde_json::json!({ "topic": topic, "start": "earliest" }).to_string();
+                // A fresh connection: the server closes idle ones (its header read timeout).
+                http::Conn::connect(addr)
+                    .await?
+                    .json(
+                        Method::PUT,
+                        "/v1/subscriptions/work-q",
+                        config.into(),
+                        &[StatusCode::CREATED],
+                    )
+                    .await?;
+                let mut conns = connections(addr, CONSUMERS).await?;
+                measured(pid, load::run(CONSUMERS, options.case_time, |mut w| {
+                    let mut conn = conns.next().expect("a connection per worker");
+                    let pull = Bytes::from(
+                        serde_json::json!({ "consumer": format!("consumer-{}", w.index), "max_messages": PULL_MAX }).to_string(),
+                    );
+                    async move {
+                        while w.running() {
+                            let t = Instant::now();
+                            let answer = conn.json(Method::POST, "/v1/subscriptions/work-q/pull", pull.clone(), &[StatusCode::OK]).await?;
+                            let pulled: http::Pulled = serde_json::from_slice(&answer)?;
+                            if pulled.messages.is_empty() {
+                                break;
+                            }
+                            if pulled.messages[0].body.as_ref().map(String::len) != Some(BODY) {
+                                bail!("pulled a message with an unexpected body");
+                            }
+                            let seqs: Vec<u64> = pulled.messages.iter().map(|m| m.seq).collect();
+                            let ack = serde_json::to_vec(&serde_json::json!({ "seqs": seqs }))?;
+                            conn.json(Method::POST, "/v1/subscriptions/work-q/ack", ack.into(), &[StatusCode::NO_CONTENT]).await?;
+                            w.record(t, seqs.len() as u64);
+                        }
+                        Ok(w)
+                    }
+                }))
+                .await?
+            }
+        };
+        out.push((case, m));
+    }
+    let stopped = server.stop(Duration::from_secs(30));
+    println!(
+        "courier stopped (SIGTERM to pid {pid}) in {:.2} s",
+        stopped.as_secs_f64()
+    );
+    Ok(out)
+}
+
+fn topic_of(case: Case) -> &'static str {
+    match case {
+        Case::Single(1) => "single-1",
+        Case::Single(16) => "single-16",
+        Case::Single(_) => "single-64",
+        Case::Batch => "batch",
+        Case::PullAck => "work",
+    }
+}
+
+/// Reads the one line `courier serve` prints on stdout: `courier listening on http://ADDR`.
+fn listening_address(server: &mut Spawned) -> Result<SocketAddr> {
+    let stdout = server
+        .child_mut()
+        .stdout
+        .take()
+        .context("no stdout from courier")?;
+    let mut lines = BufReader::new(stdout);
+    let mut line = String::new();
+    lines.read_line(&mut line)?;
+    // Keep draining it, so a later line never blocks the server.
+    std::thread::spawn(move || std::io::copy(&mut lines, &mut std::io::sink()));
+    line.trim()
+        .strip_prefix("courier listening on http://")
+        .with_context(|| format!("courier did not start: '{}'", line.trim()))?
+        .parse()
+        .context("courier printed an address that does not parse")
+}
+
+async fn http_prefill(addr: SocketAddr, topic: &str, count: u64) -> Result<Duration> {
+    const PER_REQUEST: u64 = 1000;
+    let started = Instant::now();
+    let path = format!("/v1/topics/{topic}/messages/batch");
+    let full = http::batch_body(&body(BODY), PER_REQUEST as usize);
+    let requests = count.div_ceil(PER_REQUEST);
+    let workers = 4u64;
+    let mut tasks = Vec::new();
+    for i in 0..workers {
+        let (path, full) = (path.clone(), full.clone());
+        let mut conn = http::Conn::connect(addr).await?;
+        tasks.push(tokio::spawn(async move {
+            for r in (i..requests).step_by(workers as usize) {
+                let n = PER_REQUEST.min(count - r * PER_REQUEST) as usize;
+                let batch = if n == PER_REQUEST as usize {
+                    full.clone()
+                } else {
+                    http::batch_body(&body(BODY), n)
+                };
+                conn.json(Method::POST, &path, batch, &[StatusCode::CREATED])
+                    .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(started.elapsed())
+}
+
+/// Starts `redis-server` with an fsync-always AOF and runs the XADD cases.
+async fn redis_xadd(options: &Options, program: &Path) -> Result<Vec<(Case, Measured)>> {
+    let dir = options.temp_dir("courier-bench-redis-")?;
+    let port = child::free_port()?;
+    let mut command = Command::new(program);
+    command
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args([
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .args(["--daemonize", "no", "--logfile", ""])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    let mut server = Spawned::start("redis-server", command)?;
+    let pid = server.pid();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    child::wait_listening(addr, Duration::from_secs(10))?;
+    resp::Conn::connect(addr)
+        .await?
+        .round_trip(&resp::command(&[b"PING"]), 1)
+        .await?;
+    println!("redis-server (pid {pid}) listening on {addr}, appendfsync always");
+
+    let mut out = Vec::new();
+    for case in Case::chosen(options) {
+        let (clients, per_trip) = match case {
+            Case::Single(n) => (n, 1),
+            Case::Batch => (BATCH_CONNECTIONS, BATCH),
+            Case::PullAck => continue,
+        };
+        let commands = resp::xadd(topic_of(case), &body(BODY), per_trip);
+        let mut conns = Vec::with_capacity(clients);
+        for _ in 0..clients {
+            conns.push(resp::Conn::connect(addr).await?);
+        }
+        let mut conns = conns.into_iter();
+        let m = measured(
+            pid,
+            load::run(clients, options.case_time, |mut w| {
+                let (mut conn, commands) = (
+                    conns.next().expect("a connection per worker"),
+                    commands.clone(),
+                );
+                async move {
+                    while w.running() {
+                        let t = Instant::now();
+                        conn.round_trip(&commands, per_trip).await?;
+                        w.record(t, per_trip as u64);
+                    }
+                    Ok(w)
+                }
+            }),
+        )
+        .await?;
+        out.push((case, m));
+    }
+    let stopped = server.stop(Duration::from_secs(30));
+    println!(
+        "redis-server stopped (SIGTERM to pid {pid}) in {:.2} s",
+        stopped.as_secs_f64()
+    );
+    Ok(out)
+}
+
+fn find(list: &[(Case, Measured)], case: Case) -> Option<&Measured> {
+    list.iter().find(|(c, _)| *c == case).map(|(_, m)| m)
+}
+
+fn report(
+    inproc: &[(Case, Outcome)],
+    courier: &[(Case, Measured)],
+    redis: Option<&[(Case, Measured)]>,
+) {
+    let lat = |o: &Outcome| {
+        [
+            micros(o.micros(0.5)),
+            micros(o.micros(0.99)),
+            micros(o.micros(0.999)),
+        ]
+    };
+
+    let mut side = Table::new(
+        &format!("Courier over HTTP vs Redis XADD, {BODY} B, fsync on both (latency per request / round trip)"),
+        [
+            "Courier case", "msgs/s", "p50", "p99", "p999", "Redis case", "msgs/s", "p50", "p99", "p999", "Courier/Redis",
+        ],
+    );
+    let mut cpu = Table::new(
+        "CPU during each case (CPU-seconds per second)",
+        ["case", "load generator", "server", "others on the machine"],
+    );
+    for case in Case::all() {
+        let Some(c) = find(courier, case) else {
+            continue;
+        };
+        let r = redis.and_then(|r| find(r, case));
+        let mut row = vec![case.courier(), count(c.outcome.rate())];
+        row.extend(lat(&c.outcome));
+        match (r, case.redis()) {
+            (Some(r), Some(name)) => {
+                row.push(name);
+                row.push(count(r.outcome.rate()));
+                row.extend(lat(&r.outcome));
+                row.push(format!("{:.2}", c.outcome.rate() / r.outcome.rate()));
+            }
+            (None, Some(name)) if redis.is_none() => {
+                row.extend([
+                    name,
+                    "skipped".into(),
+                    "".into(),
+                    "".into(),
+                    "".into(),
+                    "".into(),
+                ]);
+            }
+            _ => row.extend([
+                "—".into(),
+                "".into(),
+                "".into(),
+                "".into(),
+                "".into(),
+                "".into(),
+            ]),
+        }
+        side.row(row);
+        let cores = |m: &Measured| {
+            [
+                format!("{:.2}", m.client),
+                format!("{:.2}", m.server),
+                format!("{:.2}", m.others),
+            ]
+        };
+        let [a, b, o] = cores(c);
+        cpu.row([format!("Courier: {}", case.courier()), a, b, o]);
+        if let (Some(r), Some(name)) = (r, case.redis()) {
+            let [a, b, o] = cores(r);
+            cpu.row([format!("Redis: {name}"), a, b, o]);
+        }
+    }
+    side.print();
+    cpu.print();
+
+    let mut cost = Table::new(
+        "Cost of HTTP: the same workload in-process vs over HTTP",
+        [
+            "case",
+            "in-process msgs/s",
+            "HTTP msgs/s",
+            "HTTP / in-process",
+        ],
+    );
+    let mut goals: Vec<(Goal, String)> = Vec::new();
+    for (case, o) in inproc {
+        let Some(c) = find(courier, *case) else {
+            continue;
+        };
+        let ratio = c.outcome.rate() / o.rate();
+        cost.row([
+            case.courier(),
+            count(o.rate()),
+            count(c.outcome.rate()),
+            format!("{ratio:.2}"),
+        ]);
+        goals.push((
+            Goal::new(
+                format!("HTTP ≥ half of in-process: {}", case.courier()),
+                ratio >= 0.5,
+            ),
+            format!("{ratio:.2}"),
+        ));
+    }
+    cost.print();
+
+    if let Some(c) = find(courier, Case::Batch) {
+        goals.insert(
+            0,
+            (
+                Goal::new(
+                    "batch publish ≥ 250,000 msgs/s",
+                    c.outcome.rate() >= 250_000.0,
+                ),
+                format!("{} msgs/s", count(c.outcome.rate())),
+            ),
+        );
+    }
+    let single64 = Case::Single(64);
+    if let (Some(c), Some(r)) = (
+        find(courier, single64),
+        redis.and_then(|r| find(r, single64)),
+    ) {
+        goals.insert(
+            1,
+            (
+                Goal::new(
+                    "publish, 64 connections ≥ Redis XADD, 64 unpipelined clients",
+                    c.outcome.rate() >= r.outcome.rate(),
+                ),
+                format!(
+                    "{} vs {} msgs/s",
+                    count(c.outcome.rate()),
+                    count(r.outcome.rate())
+                ),
+            ),
+        );
+    }
+    goals_table(&goals).print();
+}
