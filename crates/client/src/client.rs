@@ -95,7 +95,9 @@ impl ClientBuilder {
             let trimmed = base.path().trim_end_matches('/').to_owned();
             base.set_path(&trimmed);
         }
-        let mut http = reqwest::Client::builder();
+        // The server closes keep-alive connections idle for its header read
+        // timeout (10 s by default); drop them first rather than race it.
+        let mut http = reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(5));
         if let Some(t) = self.timeout {
             http = http.timeout(t);
         }

@@ -217,6 +217,14 @@ impl EmbeddedEngine {
             store.save_snapshot(sub.id, &snapshot)?;
             sub.set_checkpointed(snapshot.applied);
         }
+        let topics: Vec<_> = self.registry.read().topics.values().cloned().collect();
+        for topic in topics {
+            let snapshot = topic.dedup_snapshot();
+            if snapshot.covered != topic.dedup_saved.load(Ordering::Acquire) {
+                store.save_dedup(&topic.name, &snapshot)?;
+                topic.dedup_saved.store(snapshot.covered, Ordering::Release);
+            }
+        }
         self.journal.remove_before(file)
     }
 
@@ -466,6 +474,7 @@ impl Engine for EmbeddedEngine {
         self.registry.write().topics.remove(name);
         topic.log.close().await?;
         std::fs::remove_dir_all(topic_dir(&self.config, name))?;
+        self.store.remove_dedup(name)?;
         Ok(())
     }
 
@@ -494,7 +503,16 @@ impl Engine for EmbeddedEngine {
         for m in &messages {
             self.validate_message(m)?;
         }
-        topic.publish(messages, self.clock.now()).await
+        let now = self.clock.now();
+        if messages.iter().all(|m| m.id.is_none()) {
+            return topic.publish(messages, now).await;
+        }
+        // Claiming ids and storing them must run to the end even if the caller
+        // goes away (a client that disconnects), or a claim would stay behind
+        // and block every retry of its id.
+        tokio::spawn(async move { topic.publish(messages, now).await })
+            .await
+            .map_err(|e| Error::Storage(format!("publish task failed: {e}")))?
     }
 
     async fn read(&self, topic: &str, from: Seq, max: usize) -> Result<Vec<Message>> {
@@ -797,7 +815,7 @@ fn recover(
     for (name, topic_config) in &meta.topics {
         let log = TopicLog::open(&topic_dir(config, name), options.clone())?;
         let topic = Topic::new(name.clone(), topic_config.clone(), log);
-        topic.recover_dedup(clock.now())?;
+        topic.recover_dedup(clock.now(), store.load_dedup(name)?)?;
         registry.topics.insert(name.clone(), Arc::new(topic));
     }
     let (journal, entries) = Journal::open(&dir.join("journal"), config.fsync)?;

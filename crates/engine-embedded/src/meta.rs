@@ -5,6 +5,8 @@
 //! directory): readable by people, and no second storage engine to trust.
 //! Checkpoints are one small file per subscription, written the same way; they
 //! are bounded because subscription state is (see `courier_core::subscription`).
+//! Each topic's dedup table is checkpointed likewise, so a restart reads only
+//! the log written since.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -14,6 +16,8 @@ use std::path::{Path, PathBuf};
 use courier_core::subscription::Snapshot;
 use courier_core::{Error, Result, Seq, SubscriptionConfig, TopicConfig};
 use serde::{Deserialize, Serialize};
+
+use crate::topic::DedupSnapshot;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct Meta {
@@ -81,6 +85,37 @@ impl MetaStore {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
         }
+    }
+
+    pub fn load_dedup(&self, topic: &str) -> Result<Option<DedupSnapshot>> {
+        let path = self.dedup_path(topic);
+        match fs::read(&path) {
+            Ok(bytes) => postcard::from_bytes(&bytes)
+                .map(Some)
+                .map_err(|e| Error::Corrupt(format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn save_dedup(&self, topic: &str, snapshot: &DedupSnapshot) -> Result<()> {
+        let bytes = postcard::to_stdvec(snapshot).map_err(|e| Error::Storage(e.to_string()))?;
+        write_atomic(
+            &self.dir.join("state"),
+            &format!("topic-{topic}.dedup"),
+            &bytes,
+        )
+    }
+
+    pub fn remove_dedup(&self, topic: &str) -> Result<()> {
+        match fs::remove_file(self.dedup_path(topic)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    fn dedup_path(&self, topic: &str) -> PathBuf {
+        self.dir.join("state").join(format!("topic-{topic}.dedup"))
     }
 
     fn snapshot_path(&self, id: u64) -> PathBuf {

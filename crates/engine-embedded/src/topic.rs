@@ -5,6 +5,7 @@ use std::hash::{Hash, Hasher};
 
 use courier_core::{Error, Message, Millis, NewMessage, PublishReceipt, Result, Seq, TopicConfig};
 use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::log::{AppendRecord, TopicLog};
@@ -15,6 +16,8 @@ pub(crate) struct Topic {
     pub log: TopicLog,
     id_salt: u128,
     dedup: Mutex<Dedup>,
+    /// `covered` of the last dedup checkpoint written.
+    pub dedup_saved: std::sync::atomic::AtomicU64,
 }
 
 /// Client-supplied ids seen within the dedup window.
@@ -28,6 +31,18 @@ struct Dedup {
     order: VecDeque<(Millis, String)>,
     /// Ids being appended right now: a concurrent retry waits for the first.
     in_flight: HashMap<String, watch::Receiver<Option<Seq>>>,
+    /// Publishes with ids between their claim and their `stored` entries.
+    appending: usize,
+    /// `stored` holds every client id of the log below this sequence (within the window).
+    covered: Seq,
+}
+
+/// The dedup table as checkpointed, so a restart reads only the log written
+/// after it instead of the whole window.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct DedupSnapshot {
+    pub covered: Seq,
+    pub entries: Vec<(String, Seq, Millis)>,
 }
 
 enum Claim {
@@ -46,15 +61,23 @@ impl Topic {
             log,
             id_salt: (hasher.finish() as u128 & 0xffff) << 64,
             dedup: Mutex::new(Dedup::default()),
+            dedup_saved: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
-    /// Re-learns the client ids published within the dedup window from the log
-    /// tail, so a retry after a restart is still recognised.
-    pub fn recover_dedup(&self, now: Millis) -> Result<()> {
+    /// Re-learns the client ids published within the dedup window: those of
+    /// the last checkpoint, then those of the log written after it.
+    pub fn recover_dedup(&self, now: Millis, snapshot: Option<DedupSnapshot>) -> Result<()> {
         let since = now.saturating_sub(self.config.dedup_window.as_millis() as u64);
-        let mut seq = self.log.seq_for_time(since)?;
+        let snapshot = snapshot.unwrap_or_default();
         let mut dedup = self.dedup.lock();
+        for (id, seq, at) in snapshot.entries {
+            if at >= since && seq < self.log.next_seq() {
+                dedup.order.push_back((at, id.clone()));
+                dedup.stored.insert(id, seq);
+            }
+        }
+        let mut seq = self.log.seq_for_time(since)?.max(snapshot.covered);
         loop {
             let batch = self.log.read(seq, 4096, 8 << 20)?;
             let Some(last) = batch.last() else { break };
@@ -64,7 +87,27 @@ impl Topic {
                 dedup.stored.insert(m.id, m.seq);
             }
         }
+        dedup.covered = seq;
         Ok(())
+    }
+
+    /// The dedup table for a checkpoint. `covered` only moves while no publish
+    /// with ids is between its append and its table entry, so everything below
+    /// it is in the table.
+    pub fn dedup_snapshot(&self) -> DedupSnapshot {
+        let mut dedup = self.dedup.lock();
+        if dedup.appending == 0 {
+            dedup.covered = self.log.next_seq();
+        }
+        let entries = dedup
+            .order
+            .iter()
+            .filter_map(|(at, id)| dedup.stored.get(id).map(|&seq| (id.clone(), seq, *at)))
+            .collect();
+        DedupSnapshot {
+            covered: dedup.covered,
+            entries,
+        }
     }
 
     /// The id of a message the broker named itself: a ULID made of the publish
@@ -89,6 +132,9 @@ impl Topic {
         messages: Vec<NewMessage>,
         now: Millis,
     ) -> Result<Vec<PublishReceipt>> {
+        if messages.iter().all(|m| m.id.is_none()) {
+            return self.publish_unnamed(messages).await;
+        }
         let mut receipts: Vec<Option<PublishReceipt>> = vec![None; messages.len()];
         let mut waits = Vec::new();
         let mut mine = Vec::new();
@@ -97,6 +143,7 @@ impl Topic {
         {
             let mut dedup = self.dedup.lock();
             dedup.expire(now.saturating_sub(self.config.dedup_window.as_millis() as u64));
+            dedup.appending += 1;
             for (i, m) in messages.into_iter().enumerate() {
                 if let Some(id) = &m.id {
                     match dedup.claim(id) {
@@ -121,7 +168,8 @@ impl Topic {
                 });
             }
         }
-        if !records.is_empty() {
+        let records_were_empty = records.is_empty();
+        if !records_were_empty {
             let appended = self.log.append(records).await;
             let mut dedup = self.dedup.lock();
             match &appended {
@@ -142,6 +190,7 @@ impl Topic {
                     }
                 }
             }
+            dedup.appending -= 1;
             drop(dedup);
             let a = appended?;
             for (offset, (i, id)) in record_index.into_iter().enumerate() {
@@ -152,6 +201,9 @@ impl Topic {
                     duplicate: false,
                 });
             }
+        }
+        if records_were_empty {
+            self.dedup.lock().appending -= 1;
         }
         for (i, id, mut rx) in waits {
             let seq = loop {
@@ -169,6 +221,31 @@ impl Topic {
         Ok(receipts
             .into_iter()
             .map(|r| r.expect("every message answered"))
+            .collect())
+    }
+}
+
+impl Topic {
+    /// Publishes messages without client ids: nothing to deduplicate.
+    async fn publish_unnamed(&self, messages: Vec<NewMessage>) -> Result<Vec<PublishReceipt>> {
+        let records = messages
+            .into_iter()
+            .map(|m| AppendRecord {
+                id: String::new(),
+                key: m.key,
+                headers: m.headers,
+                body: m.body,
+                deliver_at: m.deliver_at,
+            })
+            .collect::<Vec<_>>();
+        let n = records.len() as u64;
+        let a = self.log.append(records).await?;
+        Ok((a.first_seq..a.first_seq + n)
+            .map(|seq| PublishReceipt {
+                seq,
+                id: self.generated_id(seq, a.published_at),
+                duplicate: false,
+            })
             .collect())
     }
 }

@@ -765,3 +765,34 @@ async fn start_positions() {
     }
     e.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn dedup_after_a_crash_uses_the_checkpoint_and_the_log_after_it() {
+    let dir = TempDir::new().unwrap();
+    let with_id = |id: &str| NewMessage {
+        id: Some(id.into()),
+        ..msg("x")
+    };
+    {
+        let e = open(&dir).await;
+        e.create_topic("t", TopicConfig::default()).await.unwrap();
+        e.publish("t", vec![with_id("before")]).await.unwrap();
+        e.publish("t", (0..100).map(|_| msg("plain")).collect())
+            .await
+            .unwrap();
+        e.checkpoint().await.unwrap();
+        e.publish("t", vec![with_id("after")]).await.unwrap();
+        drop(e);
+    }
+    let e = reopen_after_crash(&dir).await;
+    let r = e
+        .publish(
+            "t",
+            vec![with_id("before"), with_id("after"), with_id("new")],
+        )
+        .await
+        .unwrap();
+    let got: Vec<_> = r.iter().map(|r| (r.seq, r.duplicate)).collect();
+    assert_eq!(got, vec![(1, true), (102, true), (103, false)]);
+    e.shutdown().await.unwrap();
+}

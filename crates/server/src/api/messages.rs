@@ -10,6 +10,9 @@ use super::AppState;
 use crate::error::{codes, ApiError};
 use crate::extract::{JsonBody, Name, QueryParams, RawBody};
 
+/// Bodies up to this size are copied out of the connection's read buffer.
+const COPY_BELOW: usize = 16 * 1024;
+
 /// Publishes one message: the body is stored byte for byte, metadata comes from headers.
 ///
 /// - `Courier-Id`: dedup id (else `ce-id`, else the `id` of a structured CloudEvent, else a ULID)
@@ -40,6 +43,14 @@ pub(crate) async fn publish(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<PublishReceipt>), ApiError> {
+    // A small body is copied: a slice would keep the connection's whole read
+    // buffer alive until the log writer is done with it, making hyper allocate
+    // a fresh one for every request.
+    let body = if body.len() <= COPY_BELOW {
+        bytes::Bytes::copy_from_slice(&body)
+    } else {
+        body
+    };
     let message = message_from_http(&headers, body, s.max_headers_per_message)?;
     let receipt = s
         .engine
