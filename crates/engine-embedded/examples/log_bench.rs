@@ -1,13 +1,17 @@
 //! Throughput and latency of the topic log, durable (fsync on).
 //!
-//! `cargo run --release -p courier-embedded --example log_bench [seconds per case] [dir] [nofsync]`
+//! `cargo run --release -p courier-embedded --example log_bench [seconds per case] [dir] [options]`
 //!
 //! For 256 B and 4 KiB bodies and 1, 16 and 256 concurrent publishers (each
 //! appending one message at a time and waiting for it to be durable), prints
-//! append latency percentiles and messages per second; then sequential and
-//! random read rates, and the raw fdatasync latency of the disk for reference.
-//! With `nofsync` the log does not fsync, which measures the CPU cost of the
-//! path (encoding, group commit, wakeups) apart from the disk.
+//! append latency percentiles and messages per second, each case with
+//! pre-allocated segments and without, one after the other; then sequential
+//! and random read rates, and the raw fdatasync latency of the disk for
+//! reference, after appending and after overwriting pre-zeroed blocks.
+//!
+//! Options: `nofsync`: the log does not fsync, which measures the CPU cost of
+//! the path (encoding, group commit, wakeups) apart from the disk;
+//! `prealloc=on|off|both` (default both); `body=256` (one body size only).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,45 +26,83 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let secs: f64 = args.get(1).map_or(2.0, |s| s.parse().expect("seconds"));
     let base = args.get(2).map_or_else(std::env::temp_dir, Into::into);
-    let fsync = args.get(3).map(String::as_str) != Some("nofsync");
+    let flags: Vec<&str> = args.iter().skip(3).map(String::as_str).collect();
+    let fsync = !flags.contains(&"nofsync");
+    let modes: &[bool] = if flags.contains(&"prealloc=on") {
+        &[true]
+    } else if flags.contains(&"prealloc=off") {
+        &[false]
+    } else {
+        &[false, true]
+    };
+    let bodies: Vec<usize> = match flags.iter().find_map(|f| f.strip_prefix("body=")) {
+        Some(b) => vec![b.parse().expect("body size")],
+        None => vec![256, 4096],
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    println!("fdatasync: {}; log fsync: {fsync}", raw_fsync(&base));
+    println!("fdatasync: {}; log fsync: {fsync}", raw_fsync(&base, false));
+    println!("fdatasync: {}", raw_fsync(&base, true));
     println!(
-        "{:>6} {:>5} {:>12} {:>9} {:>9} {:>9} {:>9}",
-        "body", "pubs", "msgs/s", "p50 µs", "p99 µs", "p999 µs", "max µs"
+        "{:>6} {:>5} {:>8} {:>12} {:>9} {:>9} {:>9} {:>9}",
+        "body", "pubs", "prealloc", "msgs/s", "p50 µs", "p99 µs", "p999 µs", "max µs"
     );
-    for body in [256usize, 4096] {
+    for &body in &bodies {
         for publishers in [1usize, 16, 256] {
-            let dir = tempfile::tempdir_in(&base).unwrap();
-            let log = TopicLog::open(
-                dir.path(),
-                LogOptions {
-                    fsync,
-                    ..LogOptions::default()
-                },
-            )
-            .unwrap();
-            let (rate, hist) = runtime.block_on(publish(&log, publishers, body, secs));
-            println!(
-                "{:>6} {:>5} {:>12.0} {:>9} {:>9} {:>9} {:>9}",
-                body,
-                publishers,
-                rate,
-                hist.value_at_quantile(0.50),
-                hist.value_at_quantile(0.99),
-                hist.value_at_quantile(0.999),
-                hist.max()
-            );
-            if publishers == 256 {
-                reads(&log, body);
+            for &prealloc in modes {
+                let dir = tempfile::tempdir_in(&base).unwrap();
+                let log = TopicLog::open_with(
+                    dir.path(),
+                    LogOptions {
+                        fsync,
+                        ..LogOptions::default()
+                    },
+                    prealloc,
+                )
+                .unwrap();
+                if prealloc {
+                    warm_up(&log, dir.path(), &runtime);
+                }
+                let (rate, hist) = runtime.block_on(publish(&log, publishers, body, secs));
+                println!(
+                    "{:>6} {:>5} {:>8} {:>12.0} {:>9} {:>9} {:>9} {:>9}",
+                    body,
+                    publishers,
+                    if prealloc { "on" } else { "off" },
+                    rate,
+                    hist.value_at_quantile(0.50),
+                    hist.value_at_quantile(0.99),
+                    hist.value_at_quantile(0.999),
+                    hist.max()
+                );
+                if publishers == 256 {
+                    reads(&log, body);
+                }
+                runtime.block_on(log.close()).unwrap();
             }
-            runtime.block_on(log.close()).unwrap();
         }
     }
+}
+
+/// A fresh log starts on a plain segment and moves to a pre-allocated one
+/// once its first spare is ready: start measuring from there.
+fn warm_up(log: &TopicLog, dir: &Path, runtime: &tokio::runtime::Runtime) {
+    let record = || AppendRecord {
+        id: "warm-up".into(),
+        ..AppendRecord::default()
+    };
+    runtime.block_on(log.append(vec![record()])).unwrap();
+    let t = Instant::now();
+    while !dir.join("spare.prep").exists() && t.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    // Rolls onto the spare; the next spare is then prepared in the background.
+    runtime.block_on(log.append(vec![record()])).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
 }
 
 async fn publish(
@@ -130,10 +172,16 @@ fn reads(log: &TopicLog, body: usize) {
     );
 }
 
-fn raw_fsync(base: &Path) -> String {
+/// fdatasync latency after writing 4 KiB past the end of a file, or over
+/// zeros already written (`prezeroed`).
+fn raw_fsync(base: &Path, prezeroed: bool) -> String {
     use std::os::unix::fs::FileExt;
     let dir = tempfile::tempdir_in(base).unwrap();
     let file = std::fs::File::create(dir.path().join("f")).unwrap();
+    if prezeroed {
+        file.write_all_at(&vec![0u8; 500 * 4096], 0).unwrap();
+        file.sync_all().unwrap();
+    }
     let mut hist = Histogram::<u64>::new(3).unwrap();
     for i in 0..500u64 {
         file.write_all_at(&[1u8; 4096], i * 4096).unwrap();
@@ -142,8 +190,13 @@ fn raw_fsync(base: &Path) -> String {
         hist.record(t.elapsed().as_micros().max(1) as u64).unwrap();
     }
     format!(
-        "p50 {} µs, p99 {} µs (4 KiB appends)",
+        "p50 {} µs, p99 {} µs (4 KiB {})",
         hist.value_at_quantile(0.5),
-        hist.value_at_quantile(0.99)
+        hist.value_at_quantile(0.99),
+        if prezeroed {
+            "writes over pre-zeroed blocks"
+        } else {
+            "appends"
+        }
     )
 }

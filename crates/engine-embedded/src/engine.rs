@@ -182,7 +182,11 @@ impl EmbeddedEngine {
                 Err(Error::TopicExists(name.to_string()))
             };
         }
-        let log = TopicLog::open(&topic_dir(&self.config, name), self.log_options())?;
+        let log = TopicLog::open_with(
+            &topic_dir(&self.config, name),
+            self.log_options(),
+            self.config.preallocate_segments,
+        )?;
         let topic = Arc::new(Topic::new(name.to_string(), config.clone(), log));
         meta.topics.insert(name.to_string(), config);
         self.store.save(meta)?;
@@ -813,7 +817,11 @@ fn recover(
     };
     let mut registry = Registry::default();
     for (name, topic_config) in &meta.topics {
-        let log = TopicLog::open(&topic_dir(config, name), options.clone())?;
+        let log = TopicLog::open_with(
+            &topic_dir(config, name),
+            options.clone(),
+            config.preallocate_segments,
+        )?;
         let topic = Topic::new(name.clone(), topic_config.clone(), log);
         topic.recover_dedup(clock.now(), store.load_dedup(name)?)?;
         registry.topics.insert(name.clone(), Arc::new(topic));

@@ -228,7 +228,13 @@ async fn child_main(dir: PathBuf, round: u64, checkpoint: Duration, retry: Vec<S
     // The test harness has printed "test crash_child ... " without a newline:
     // end that line, so that every report starts a line of its own.
     emit("\n");
-    let engine = EmbeddedEngine::open(engine_config(&dir, true, checkpoint))
+    // Odd rounds pre-allocate segments, so recovery meets both kinds of tail
+    // (and switches between them from one round to the next).
+    let config = EmbeddedConfig {
+        preallocate_segments: round % 2 == 1,
+        ..engine_config(&dir, true, checkpoint)
+    };
+    let engine = EmbeddedEngine::open(config)
         .await
         .unwrap_or_else(|e| fatal(format!("open: {e}")));
     engine

@@ -1,9 +1,11 @@
 //! Crash recovery of the topic log: the tail of the last segment is torn or
 //! garbled in several ways; reopening must serve every intact record before
 //! the damage, nothing after it, and continue with the right seqs.
+//!
+//! Every case runs on plain segments and on pre-allocated ones (a last segment
+//! with a zero tail, where damage is written into the tail instead of cut off).
 
 use std::fs::OpenOptions;
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -26,6 +28,49 @@ fn rec(i: u64) -> AppendRecord {
     }
 }
 
+#[derive(Clone, Copy, Debug)]
+struct Layout {
+    segment_bytes: u64,
+    prealloc: bool,
+}
+
+impl Layout {
+    fn open(&self, dir: &Path) -> TopicLog {
+        TopicLog::open_with(dir, opts(self.segment_bytes), self.prealloc).unwrap()
+    }
+}
+
+/// The last segment of a closed log, as the damage functions see it.
+struct Seg {
+    path: PathBuf,
+    /// Start offsets of its frames.
+    starts: Vec<u64>,
+    /// End of its last frame.
+    end: u64,
+    prealloc: bool,
+}
+
+impl Seg {
+    fn file(&self) -> std::fs::File {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.path)
+            .unwrap()
+    }
+
+    /// Loses everything from `at` on: cut off a plain segment, zeroed in a
+    /// pre-allocated one (the file keeps its size).
+    fn lose_from(&self, at: u64) {
+        if self.prealloc {
+            let zeros = vec![0u8; (self.end - at) as usize];
+            self.file().write_all_at(&zeros, at).unwrap();
+        } else {
+            self.file().set_len(at).unwrap();
+        }
+    }
+}
+
 fn last_segment(dir: &Path) -> PathBuf {
     let mut logs: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
@@ -36,36 +81,80 @@ fn last_segment(dir: &Path) -> PathBuf {
     logs.pop().unwrap()
 }
 
-/// Start offsets of the frames in a segment file, by walking their lengths.
-fn frame_starts(path: &Path) -> Vec<u64> {
+/// Start offsets of the frames in a segment file, by walking their lengths up
+/// to the end of the file or a zero length (free space of a pre-allocated
+/// segment: no record is empty), and where the last one ends.
+fn frame_starts(path: &Path) -> (Vec<u64>, u64) {
     let bytes = std::fs::read(path).unwrap();
     let mut starts = Vec::new();
     let mut at = 0usize;
     while at + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            break;
+        }
         starts.push(at as u64);
-        at += 8 + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        at += 8 + len;
     }
-    starts
+    (starts, at as u64)
 }
 
-/// Writes `n` records to a fresh log in `dir`, closes it, and returns the
-/// base seq of its last segment and the frame starts in it.
-async fn build(dir: &Path, n: u64, segment_bytes: u64) -> (u64, Vec<u64>) {
-    let log = TopicLog::open(dir, opts(segment_bytes)).unwrap();
-    for i in 1..=n {
+/// Writes at least `n` records to a fresh log in `dir`, and more until its
+/// last segment holds three (segments can be rolled early, when a spare
+/// becomes ready), closes it, and returns the base seq of its last segment and
+/// that segment. With pre-allocation, the last segment is made to have a zero
+/// tail (it may be a plain file, when no spare was ready at its roll).
+async fn build(dir: &Path, n: u64, layout: Layout) -> (u64, Seg) {
+    let log = layout.open(dir);
+    let mut i = 1;
+    while i <= n || frame_starts(&last_segment(dir)).0.len() < 3 {
         log.append(vec![rec(i)]).await.unwrap();
+        i += 1;
     }
     log.close().await.unwrap();
-    let last = last_segment(dir);
-    let base = last.file_stem().unwrap().to_str().unwrap().parse().unwrap();
-    (base, frame_starts(&last))
+    let path = last_segment(dir);
+    let base = path.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    let (starts, end) = frame_starts(&path);
+    if layout.prealloc {
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        let len = file.metadata().unwrap().len();
+        if len < layout.segment_bytes {
+            assert_eq!(len, end);
+            let zeros = vec![0u8; (layout.segment_bytes - len) as usize];
+            file.write_all_at(&zeros, len).unwrap();
+        }
+    } else {
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), end);
+    }
+    let seg = Seg {
+        path,
+        starts,
+        end,
+        prealloc: layout.prealloc,
+    };
+    (base, seg)
 }
 
 /// Reopens and checks that exactly seqs 1..=`intact` are served, then that
 /// appends continue at `intact + 1` and survive another reopen.
-async fn check_recovered(dir: &Path, intact: u64, segment_bytes: u64) {
-    let log = TopicLog::open(dir, opts(segment_bytes)).unwrap();
+async fn check_recovered(dir: &Path, intact: u64, layout: Layout) {
+    let seg_path = last_segment(dir);
+    let len_before = std::fs::metadata(&seg_path).unwrap().len();
+    let log = layout.open(dir);
     assert_eq!(log.next_seq(), intact + 1, "records kept");
+    let (_, end) = frame_starts(&seg_path);
+    let bytes = std::fs::read(&seg_path).unwrap();
+    if layout.prealloc && len_before >= layout.segment_bytes {
+        // Not cut: the tail is free space again, and only zeros.
+        assert_eq!(
+            bytes.len() as u64,
+            len_before,
+            "pre-allocated file keeps its size"
+        );
+        assert!(bytes[end as usize..].iter().all(|&b| b == 0), "tail zeroed");
+    } else {
+        assert_eq!(bytes.len() as u64, end, "damage cut off");
+    }
     let got = log.read(1, 10_000, usize::MAX).unwrap();
     assert_eq!(got.len() as u64, intact);
     for (i, m) in got.iter().enumerate() {
@@ -79,7 +168,7 @@ async fn check_recovered(dir: &Path, intact: u64, segment_bytes: u64) {
     }
     log.close().await.unwrap();
     drop(log);
-    let log = TopicLog::open(dir, opts(segment_bytes)).unwrap();
+    let log = layout.open(dir);
     assert_eq!(log.next_seq(), intact + 4);
     let got = log.read(1, 10_000, usize::MAX).unwrap();
     assert_eq!(got.len() as u64, intact + 3);
@@ -87,66 +176,60 @@ async fn check_recovered(dir: &Path, intact: u64, segment_bytes: u64) {
         .iter()
         .enumerate()
         .all(|(i, m)| m.seq == i as u64 + 1 && m.id == rec(i as u64 + 1).id));
+    log.close().await.unwrap();
 }
 
 /// Each damage case on a single-segment log and on a log whose last segment
-/// follows several sealed ones.
+/// follows several sealed ones, with plain and with pre-allocated segments.
 async fn each_layout<F>(damage: F)
 where
-    F: Fn(&Path, &[u64]) -> usize,
+    F: Fn(&Seg) -> usize,
 {
-    for segment_bytes in [1 << 20, 400] {
-        let dir = tempfile::tempdir().unwrap();
-        let (base, starts) = build(dir.path(), 40, segment_bytes).await;
-        assert!(starts.len() >= 3, "last segment holds a few records");
-        // `damage` returns how many records of the last segment stay intact.
-        let kept = damage(&last_segment(dir.path()), &starts);
-        check_recovered(dir.path(), base - 1 + kept as u64, segment_bytes).await;
+    for prealloc in [false, true] {
+        for segment_bytes in [1 << 20, 400] {
+            let layout = Layout {
+                segment_bytes,
+                prealloc,
+            };
+            let dir = tempfile::tempdir().unwrap();
+            let (base, seg) = build(dir.path(), 40, layout).await;
+            assert!(seg.starts.len() >= 3, "last segment holds a few records");
+            // `damage` returns how many records of the last segment stay intact.
+            let kept = damage(&seg);
+            check_recovered(dir.path(), base - 1 + kept as u64, layout).await;
+        }
     }
-}
-
-fn truncate(path: &Path, len: u64) {
-    OpenOptions::new()
-        .write(true)
-        .open(path)
-        .unwrap()
-        .set_len(len)
-        .unwrap();
 }
 
 #[tokio::test]
 async fn half_a_header() {
-    each_layout(|path, starts| {
-        let last = *starts.last().unwrap();
-        truncate(path, last + 4);
-        starts.len() - 1
+    each_layout(|seg| {
+        let last = *seg.starts.last().unwrap();
+        seg.lose_from(last + 4);
+        seg.starts.len() - 1
     })
     .await;
 }
 
 #[tokio::test]
 async fn half_a_payload() {
-    each_layout(|path, starts| {
-        let last = *starts.last().unwrap();
-        let len = std::fs::metadata(path).unwrap().len();
-        truncate(path, last + (len - last) / 2 + 4);
-        starts.len() - 1
+    each_layout(|seg| {
+        let last = *seg.starts.last().unwrap();
+        seg.lose_from(last + (seg.end - last) / 2 + 4);
+        seg.starts.len() - 1
     })
     .await;
 }
 
 #[tokio::test]
 async fn flipped_crc_byte_in_the_middle() {
-    each_layout(|path, starts| {
-        let k = starts.len() / 2;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .unwrap();
+    each_layout(|seg| {
+        let k = seg.starts.len() / 2;
+        let file = seg.file();
         let mut b = [0u8; 1];
-        file.read_exact_at(&mut b, starts[k] + 5).unwrap();
-        file.write_all_at(&[b[0] ^ 0x40], starts[k] + 5).unwrap();
+        file.read_exact_at(&mut b, seg.starts[k] + 5).unwrap();
+        file.write_all_at(&[b[0] ^ 0x40], seg.starts[k] + 5)
+            .unwrap();
         k
     })
     .await;
@@ -154,38 +237,119 @@ async fn flipped_crc_byte_in_the_middle() {
 
 #[tokio::test]
 async fn garbled_payload_byte_of_last_record() {
-    each_layout(|path, starts| {
-        let last = *starts.last().unwrap();
-        let file = OpenOptions::new().write(true).open(path).unwrap();
-        file.write_all_at(b"\xde\xad", last + 20).unwrap();
-        starts.len() - 1
+    each_layout(|seg| {
+        let last = *seg.starts.last().unwrap();
+        seg.file().write_all_at(b"\xde\xad", last + 20).unwrap();
+        seg.starts.len() - 1
     })
     .await;
 }
 
 #[tokio::test]
 async fn garbage_and_zeros_after_the_end() {
-    each_layout(|path, starts| {
-        let mut file = OpenOptions::new().append(true).open(path).unwrap();
-        file.write_all(&[0u8; 4096]).unwrap();
-        starts.len()
+    each_layout(|seg| {
+        seg.file().write_all_at(&[0u8; 4096], seg.end).unwrap();
+        seg.starts.len()
     })
     .await;
-    each_layout(|path, starts| {
-        let mut file = OpenOptions::new().append(true).open(path).unwrap();
+    each_layout(|seg| {
         // A length that claims more than the file holds, then noise.
-        file.write_all(&[0xff, 0xff, 0, 0, 1, 2, 3, 4, 5, 6, 7])
+        seg.file()
+            .write_all_at(&[0xff, 0xff, 0, 0, 1, 2, 3, 4, 5, 6, 7], seg.end)
             .unwrap();
-        starts.len()
+        seg.starts.len()
+    })
+    .await;
+    each_layout(|seg| {
+        // A torn record: its first page lost (zeros), a later part written.
+        seg.file()
+            .write_all_at(&[0x5a; 100], seg.end + 150)
+            .unwrap();
+        seg.starts.len()
     })
     .await;
 }
 
+/// A plain last segment cut to nothing, or a pre-allocated one that holds
+/// only zeros: what a crash right after a roll leaves (the spare renamed into
+/// place, nothing written to it yet).
 #[tokio::test]
 async fn empty_last_segment_file() {
-    each_layout(|path, _| {
-        truncate(path, 0);
+    each_layout(|seg| {
+        seg.lose_from(0);
         0
     })
     .await;
+}
+
+/// The payload of a record as the log encodes it (see `log::record`), framed.
+fn frame(seq: u64, published_at: u64, r: &AppendRecord) -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend_from_slice(&seq.to_le_bytes());
+    p.extend_from_slice(&published_at.to_le_bytes());
+    p.extend_from_slice(&r.deliver_at.unwrap_or(0).to_le_bytes());
+    p.extend_from_slice(&(r.id.len() as u32).to_le_bytes());
+    let key = r.key.as_deref().unwrap_or("");
+    p.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    p.extend_from_slice(&0u32.to_le_bytes());
+    p.extend_from_slice(r.id.as_bytes());
+    p.extend_from_slice(key.as_bytes());
+    p.extend_from_slice(&r.body);
+    let len = (p.len() as u32).to_le_bytes();
+    let mut h = crc32fast::Hasher::new();
+    h.update(&len);
+    h.update(&p);
+    let mut f = len.to_vec();
+    f.extend_from_slice(&h.finalize().to_le_bytes());
+    f.extend_from_slice(&p);
+    f
+}
+
+/// A torn group left a lost first page (zeros), some noise, and an intact
+/// record further on. After recovery, the next append ends exactly where that
+/// old record starts, and it has the seq that would follow: unless recovery
+/// wiped the tail, the next reopen would take it for a record.
+#[tokio::test]
+async fn torn_write_cannot_resurface_after_later_appends() {
+    let layout = Layout {
+        segment_bytes: 1 << 20,
+        prealloc: true,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (_, seg) = build(dir.path(), 10, layout).await;
+    let next = frame(11, 0, &rec(11));
+    let phantom = AppendRecord {
+        id: "phantom".into(),
+        ..rec(12)
+    };
+    let file = seg.file();
+    file.write_all_at(&[0x33; 7], seg.end + 20).unwrap();
+    file.write_all_at(&frame(12, 1, &phantom), seg.end + next.len() as u64)
+        .unwrap();
+    drop(file);
+
+    let log = layout.open(dir.path());
+    assert_eq!(log.next_seq(), 11);
+    assert_eq!(log.append(vec![rec(11)]).await.unwrap().first_seq, 11);
+    log.close().await.unwrap();
+    drop(log);
+    // The append wrote exactly the frame the test expected.
+    let bytes = std::fs::read(&seg.path).unwrap();
+    let at = seg.end as usize;
+    assert_eq!(
+        &bytes[at..at + 4],
+        &next[..4],
+        "a frame as long as expected"
+    );
+    assert_eq!(
+        &bytes[at + 8..at + 16],
+        &next[8..16],
+        "seq 11 written at the old end"
+    );
+
+    let log = layout.open(dir.path());
+    assert_eq!(log.next_seq(), 12, "the old record must not come back");
+    assert!(log.read_one(12).unwrap().is_none());
+    assert_eq!(log.read(1, 100, usize::MAX).unwrap().len(), 11);
+    log.close().await.unwrap();
 }

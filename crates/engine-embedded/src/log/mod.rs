@@ -13,6 +13,23 @@
 //!   seq of its first record.
 //! - Memory per topic is the active segment's index (4 bytes per record) plus
 //!   a few bytes per segment; sealed segments are read through their index files.
+//!
+//! Pre-allocation (off unless asked for, see [`TopicLog::open_with`]): the active
+//! segment is normally a pre-zeroed file of `segment_bytes`, and a spare one
+//! is kept ready (`spare.prep`) by a short-lived preparer thread, so that
+//! commits overwrite existing blocks: on file systems where an `fdatasync`
+//! that extends a file must also write its inode (ext4, notably without a
+//! journal), this roughly halves the commit latency. The log's logical end is
+//! then the end of its last intact record, not the file size.
+//!
+//! Disk use: besides its records and indexes, a topic holds at most one
+//! pre-zeroed active segment (its unused tail, up to `segment_bytes`) and one
+//! spare of `segment_bytes`; [`TopicLog::usage`] counts record and index bytes
+//! only. A spare is prepared only once the log is appended to after an open
+//! (one left by an earlier run is reused), so idle topics cost no zero-filling;
+//! opening with `preallocate` off cuts the tail and deletes the spare. Each
+//! segment's bytes are written twice (zeros, then records): the disk needs
+//! twice the log's write bandwidth.
 
 pub(crate) mod frame;
 mod record;
@@ -95,6 +112,8 @@ struct Inner {
 struct Shared {
     dir: PathBuf,
     opts: LogOptions,
+    /// Keep the active segment pre-allocated (see the module docs).
+    preallocate: bool,
     state: RwLock<State>,
     cache: segment::Cache,
     watch: watch::Sender<Seq>,
@@ -182,12 +201,22 @@ impl ChunkFile {
 }
 
 impl TopicLog {
-    /// Opens or creates the log in `dir`.
+    /// Opens or creates the log in `dir`, with segments that grow with each
+    /// append (see [`TopicLog::open_with`]).
+    pub fn open(dir: &Path, opts: LogOptions) -> Result<TopicLog> {
+        Self::open_with(dir, opts, false)
+    }
+
+    /// Opens or creates the log in `dir`; `preallocate` chooses whether the
+    /// active segment is a pre-zeroed file (see the module docs) or a file
+    /// that grows with each append.
     ///
     /// Recovery reads only the last segment: it keeps the records whose
-    /// checksums match and whose seqs follow on, and cuts the file there (a
-    /// torn write is never served and later appends overwrite it).
-    pub fn open(dir: &Path, opts: LogOptions) -> Result<TopicLog> {
+    /// checksums match and whose seqs follow on. What follows them is either
+    /// cut off, or, in a pre-allocated segment, overwritten with zeros where
+    /// it is not zeros already (so a torn write is never served, and cannot
+    /// later pass for records once appends have overwritten part of it).
+    pub fn open_with(dir: &Path, opts: LogOptions, preallocate: bool) -> Result<TopicLog> {
         let opts = LogOptions {
             segment_bytes: opts.segment_bytes.clamp(1, MAX_SEGMENT_BYTES),
             ..opts
@@ -207,17 +236,39 @@ impl TopicLog {
             .write(true)
             .open(log_path(dir, last))?;
         let scanned = segment::scan(&file, last)?;
+        // Size of the active file: more than the records when pre-allocated.
+        let mut capacity = scanned.file_len;
         if scanned.valid_len < scanned.file_len {
-            tracing::warn!(
-                dir = %dir.display(),
-                segment = last,
-                kept = scanned.positions.len(),
-                cut_bytes = scanned.file_len - scanned.valid_len,
-                "cutting torn or corrupt tail of the log"
-            );
-            file.set_len(scanned.valid_len)?;
-            file.sync_all()?;
+            if preallocate && scanned.file_len >= opts.segment_bytes {
+                // A pre-allocated segment: the tail is free space, and must be
+                // zeros so that nothing in it can ever pass for records.
+                let wiped = segment::wipe_tail(&file, scanned.valid_len, scanned.file_len)?;
+                if wiped > 0 {
+                    tracing::warn!(
+                        dir = %dir.display(),
+                        segment = last,
+                        kept = scanned.positions.len(),
+                        wiped_bytes = wiped,
+                        "zeroing torn or corrupt tail of the log"
+                    );
+                    if opts.fsync {
+                        file.sync_data()?;
+                    }
+                }
+            } else {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    segment = last,
+                    kept = scanned.positions.len(),
+                    cut_bytes = scanned.file_len - scanned.valid_len,
+                    "cutting torn or corrupt tail of the log"
+                );
+                file.set_len(scanned.valid_len)?;
+                file.sync_all()?;
+                capacity = scanned.valid_len;
+            }
         }
+        let spare = segment::open_spare(dir, preallocate, opts.segment_bytes)?;
         // The active segment's index lives in memory; a stale file would only mislead.
         match fs::remove_file(segment::idx_path(dir, last)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
@@ -250,6 +301,7 @@ impl TopicLog {
             dir: dir.to_path_buf(),
             cache: segment::Cache::new(dir.to_path_buf(), opts.fsync),
             opts,
+            preallocate,
             state: RwLock::new(state),
             watch: watch::Sender::new(next_seq),
             retention: Mutex::new(()),
@@ -267,7 +319,7 @@ impl TopicLog {
             None if next_seq > first_seq => log.published_at(next_seq - 1).unwrap_or(0),
             None => 0,
         };
-        let writer = Writer::new(shared, last_published);
+        let writer = Writer::new(shared, last_published, capacity, spare);
         std::thread::Builder::new()
             .name("courier-log-writer".into())
             .spawn(move || writer.run(rx))?;
@@ -584,7 +636,10 @@ impl TopicLog {
         Ok(segments[0].0)
     }
 
-    /// (messages retained, bytes of segment and index files on disk).
+    /// (messages retained, bytes of records and indexes). This is the size of
+    /// the segment and index files on disk, except that the active segment
+    /// counts only its records: with pre-allocation its file is larger, and a
+    /// spare file of `segment_bytes` may exist besides (see the module docs).
     pub fn usage(&self) -> (u64, u64) {
         let st = self.inner.shared.state.read();
         let sealed: u64 = st.sealed.iter().map(|s| s.log_len + s.idx_len).sum();

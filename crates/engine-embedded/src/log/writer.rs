@@ -10,11 +10,21 @@
 //!
 //! It is a plain thread rather than a tokio task because it spends its life in
 //! blocking syscalls (`pwrite`, `fdatasync`).
+//!
+//! With pre-allocation, it also owns the spare segment file: once the log has
+//! been appended to, it has a short-lived thread zero-fill the next segment
+//! file ([`segment::prepare_spare`]) and renames it into place when it rolls.
+//! If none is ready then, the new segment is a plain file that grows as it is
+//! written, and is left for a spare (rolled early) as soon as one is ready.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{self, File, OpenOptions};
+use std::io;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use courier_core::clock::wall_now;
 use courier_core::{Error, Millis, Result, Seq};
@@ -27,6 +37,10 @@ use super::{record, replier, Active, AppendRecord, Appended, SealedInfo, Shared}
 /// does not delay its first publishers behind an unbounded write.
 const GROUP_BYTES: usize = 4 << 20;
 
+/// After preparing a spare failed (say the disk is full), wait this long
+/// before trying again; segments are plain files meanwhile.
+const SPARE_RETRY: Duration = Duration::from_secs(10);
+
 pub(super) enum Cmd {
     Append {
         records: Vec<AppendRecord>,
@@ -35,12 +49,29 @@ pub(super) enum Cmd {
     Close(oneshot::Sender<Result<()>>),
 }
 
+/// The next segment file, zero-filled off the writer thread.
+enum Spare {
+    /// Not wanted yet (nothing appended since open), or taken, or preparing
+    /// it failed and is not to be tried again before `retry`.
+    Idle { retry: Option<Instant> },
+    Preparing {
+        job: JoinHandle<io::Result<File>>,
+        cancel: Arc<AtomicBool>,
+    },
+    /// Complete and synced, named [`segment::SPARE`].
+    Ready(File),
+}
+
 pub(super) struct Writer {
     shared: Arc<Shared>,
     file: Arc<File>,
     base: Seq,
     /// Length of the active segment that is written and synced.
     durable_len: u64,
+    /// Size of the active segment's file: beyond `durable_len` when it was
+    /// pre-allocated (the rest is zeros).
+    capacity: u64,
+    spare: Spare,
     /// Records of the active segment that are durable.
     durable_count: u64,
     /// The seq the next staged record gets.
@@ -58,7 +89,12 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn new(shared: Arc<Shared>, last_published: Millis) -> Writer {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        last_published: Millis,
+        capacity: u64,
+        spare: Option<File>,
+    ) -> Writer {
         let (file, base, len, count, next_seq) = {
             let st = shared.state.read();
             (
@@ -74,6 +110,11 @@ impl Writer {
             file,
             base,
             durable_len: len,
+            capacity: capacity.max(len),
+            spare: match spare {
+                Some(file) => Spare::Ready(file),
+                None => Spare::Idle { retry: None },
+            },
             durable_count: count,
             next_seq,
             buf: Vec::with_capacity(1 << 20),
@@ -103,6 +144,8 @@ impl Writer {
             }
             self.commit();
             if let Some(reply) = closing {
+                // Before answering: the directory may be removed right after.
+                self.stop_spare();
                 let result = match &self.failed {
                     Some(why) => Err(Error::Storage(why.clone())),
                     None => Ok(()),
@@ -130,12 +173,25 @@ impl Writer {
             let _ = reply.send(Err(Error::Storage(why.clone())));
             return;
         }
+        self.want_spare();
         let pending = self.durable_count + self.positions.len() as u64;
-        if pending > 0 && self.durable_len + self.buf.len() as u64 >= self.shared.opts.segment_bytes
-        {
+        let segment_bytes = self.shared.opts.segment_bytes;
+        let full = pending > 0 && self.durable_len + self.buf.len() as u64 >= segment_bytes;
+        // A segment that grows as it is written (no spare was ready when it
+        // began) gives way to a spare as soon as one is.
+        let early =
+            !full && self.shared.preallocate && self.capacity < segment_bytes && self.spare_ready();
+        if full || early {
             self.commit();
-            if let Err(e) = self.roll() {
-                self.fail(format!("rolling segment failed: {e}"));
+            if self.failed.is_none() {
+                let rolled = if pending > 0 {
+                    self.roll()
+                } else {
+                    self.replace_empty_active()
+                };
+                if let Err(e) = rolled {
+                    self.fail(format!("rolling segment failed: {e}"));
+                }
             }
             if let Some(why) = &self.failed {
                 let _ = reply.send(Err(Error::Storage(why.clone())));
@@ -193,6 +249,7 @@ impl Writer {
             return;
         }
         self.durable_len += self.buf.len() as u64;
+        self.capacity = self.capacity.max(self.durable_len);
         self.durable_count += self.positions.len() as u64;
         {
             let mut st = self.shared.state.write();
@@ -212,22 +269,22 @@ impl Writer {
     }
 
     /// Seals the active segment (its data is already synced by `commit`) and
-    /// starts the next one. The index is made durable before the new file
-    /// exists, which is what lets recovery trust every segment but the last.
+    /// starts the next one. The segment is cut to its records and its index
+    /// made durable before the new file exists, which is what lets recovery
+    /// trust every segment but the last.
     fn roll(&mut self) -> Result<()> {
-        let dir = &self.shared.dir;
         let fsync = self.shared.opts.fsync;
-        let positions = self.shared.state.read().active.positions.clone();
-        segment::write_index(dir, self.base, &positions, fsync)?;
-        let base = self.next_seq;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(log_path(dir, base))?;
-        if fsync {
-            segment::sync_dir(dir)?;
+        if self.capacity > self.durable_len {
+            self.file.set_len(self.durable_len)?;
+            if fsync {
+                self.file.sync_all()?;
+            }
+            self.capacity = self.durable_len;
         }
+        let positions = self.shared.state.read().active.positions.clone();
+        segment::write_index(&self.shared.dir, self.base, &positions, fsync)?;
+        let base = self.next_seq;
+        let (file, capacity) = self.new_segment_file(base, false)?;
         let file = Arc::new(file);
         {
             let mut st = self.shared.state.write();
@@ -250,19 +307,149 @@ impl Writer {
         self.file = file;
         self.base = base;
         self.durable_len = 0;
+        self.capacity = capacity;
         self.durable_count = 0;
+        self.want_spare();
         Ok(())
+    }
+
+    /// Replaces the active segment, which holds no record and is a plain
+    /// file, by the spare. The rename is atomic: a crash leaves one empty
+    /// segment file or the other.
+    fn replace_empty_active(&mut self) -> Result<()> {
+        let (file, capacity) = self.new_segment_file(self.base, true)?;
+        let file = Arc::new(file);
+        self.shared.state.write().active.file = file.clone();
+        self.file = file;
+        self.capacity = capacity;
+        self.want_spare();
+        Ok(())
+    }
+
+    /// The file of segment `base`, durably named: the spare if one is ready
+    /// (returned with its size), else a new empty file. `replace` allows
+    /// replacing an existing (empty) file of that name.
+    fn new_segment_file(&mut self, base: Seq, replace: bool) -> Result<(File, u64)> {
+        let shared = self.shared.clone();
+        let dir = &shared.dir;
+        let path = log_path(dir, base);
+        let made = match self.take_spare() {
+            Some(spare) => {
+                if !replace && fs::symlink_metadata(&path).is_ok() {
+                    return Err(Error::Storage(format!(
+                        "segment file {} already exists",
+                        path.display()
+                    )));
+                }
+                let len = spare.metadata()?.len();
+                fs::rename(dir.join(segment::SPARE), &path)?;
+                (spare, len)
+            }
+            None => {
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)?;
+                (file, 0)
+            }
+        };
+        if shared.opts.fsync {
+            segment::sync_dir(dir)?;
+        }
+        Ok(made)
+    }
+
+    /// Starts preparing a spare if pre-allocation is on and there is none.
+    fn want_spare(&mut self) {
+        if !self.shared.preallocate {
+            return;
+        }
+        let Spare::Idle { retry } = &self.spare else {
+            return;
+        };
+        if retry.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        let cancel = Arc::new(AtomicBool::new(false));
+        let stop = cancel.clone();
+        let dir = self.shared.dir.clone();
+        let size = self.shared.opts.segment_bytes;
+        let spawned = std::thread::Builder::new()
+            .name("courier-log-spare".into())
+            .spawn(move || segment::prepare_spare(&dir, size, &stop));
+        match spawned {
+            Ok(job) => self.spare = Spare::Preparing { job, cancel },
+            Err(e) => self.spare_failed(e),
+        }
+    }
+
+    /// Whether a spare is ready, collecting a finished preparation.
+    fn spare_ready(&mut self) -> bool {
+        if matches!(&self.spare, Spare::Preparing { job, .. } if job.is_finished()) {
+            let Spare::Preparing { job, .. } =
+                std::mem::replace(&mut self.spare, Spare::Idle { retry: None })
+            else {
+                unreachable!("checked above");
+            };
+            match job.join() {
+                Ok(Ok(file)) => self.spare = Spare::Ready(file),
+                Ok(Err(e)) => self.spare_failed(e),
+                Err(_) => self.spare_failed(io::Error::other("the preparer panicked")),
+            }
+        }
+        matches!(self.spare, Spare::Ready(_))
+    }
+
+    fn take_spare(&mut self) -> Option<File> {
+        if !self.spare_ready() {
+            return None;
+        }
+        match std::mem::replace(&mut self.spare, Spare::Idle { retry: None }) {
+            Spare::Ready(file) => Some(file),
+            _ => unreachable!("checked by spare_ready"),
+        }
+    }
+
+    fn spare_failed(&mut self, e: io::Error) {
+        tracing::warn!(
+            dir = %self.shared.dir.display(),
+            "preparing the next segment file failed: {e}; new segments grow as they are written meanwhile"
+        );
+        self.spare = Spare::Idle {
+            retry: Some(Instant::now() + SPARE_RETRY),
+        };
+    }
+
+    /// Stops a preparation under way and waits for its thread. A spare that is
+    /// complete stays on disk for the next open.
+    fn stop_spare(&mut self) {
+        if let Spare::Preparing { job, cancel } =
+            std::mem::replace(&mut self.spare, Spare::Idle { retry: None })
+        {
+            cancel.store(true, Ordering::Relaxed);
+            let _ = job.join();
+        }
     }
 
     fn fail(&mut self, why: String) {
         tracing::error!(dir = %self.shared.dir.display(), "{why}; the log refuses appends until reopened");
-        // Best effort: drop what may be half-written so a reopen does not have to.
-        let _ = self.file.set_len(self.durable_len);
+        // Best effort: drop what may be half-written so a reopen does not have
+        // to. (A pre-allocated segment keeps its size; recovery zeroes its tail.)
+        if self.capacity <= self.durable_len {
+            let _ = self.file.set_len(self.durable_len);
+        }
         self.buf.clear();
         self.positions.clear();
         for (reply, _) in self.waiting.drain(..) {
             let _ = reply.send(Err(Error::Storage(why.clone())));
         }
         self.failed = Some(why);
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop_spare();
     }
 }
