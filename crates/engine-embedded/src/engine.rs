@@ -47,7 +47,7 @@ pub struct EmbeddedEngine {
     config: EmbeddedConfig,
     clock: Clock,
     journal: Journal,
-    store: MetaStore,
+    store: Arc<MetaStore>,
     registry: RwLock<Registry>,
     /// Serialises changes to topics and subscriptions (and so to `meta.json`).
     admin: tokio::sync::Mutex<Meta>,
@@ -91,7 +91,7 @@ impl EmbeddedEngine {
             config,
             clock,
             journal,
-            store,
+            store: Arc::new(store),
             registry: RwLock::new(registry),
             admin: tokio::sync::Mutex::new(meta),
             cancel,
@@ -208,28 +208,42 @@ impl EmbeddedEngine {
     /// drops the journal files the checkpoints cover.
     pub async fn checkpoint(&self) -> Result<()> {
         let file = self.journal.rotate().await?;
-        let subs = self.subscriptions();
-        let store = &self.store;
-        for sub in subs {
-            let snapshot = {
-                let st = sub.state.lock();
-                if st.applied() == sub.checkpointed() {
-                    continue;
-                }
-                st.snapshot()
-            };
-            store.save_snapshot(sub.id, &snapshot)?;
-            sub.set_checkpointed(snapshot.applied);
-        }
+        let subs: Vec<_> = self
+            .subscriptions()
+            .into_iter()
+            .filter_map(|sub| {
+                let snapshot = {
+                    let st = sub.state.lock();
+                    (st.applied() != sub.checkpointed()).then(|| st.snapshot())
+                }?;
+                Some((sub, snapshot))
+            })
+            .collect();
         let topics: Vec<_> = self.registry.read().topics.values().cloned().collect();
-        for topic in topics {
-            let snapshot = topic.dedup_snapshot();
-            if snapshot.covered != topic.dedup_saved.load(Ordering::Acquire) {
+        let topics: Vec<_> = topics
+            .into_iter()
+            .map(|topic| {
+                let snapshot = topic.dedup_snapshot();
+                (topic, snapshot)
+            })
+            .filter(|(topic, s)| s.covered != topic.dedup_saved.load(Ordering::Acquire))
+            .collect();
+        let store = self.store.clone();
+        let journal = self.journal.clone();
+        // Each file is written and fsynced: keep that off the async workers.
+        tokio::task::spawn_blocking(move || {
+            for (sub, snapshot) in subs {
+                store.save_snapshot(sub.id, &snapshot)?;
+                sub.set_checkpointed(snapshot.applied);
+            }
+            for (topic, snapshot) in topics {
                 store.save_dedup(&topic.name, &snapshot)?;
                 topic.dedup_saved.store(snapshot.covered, Ordering::Release);
             }
-        }
-        self.journal.remove_before(file)
+            journal.remove_before(file)
+        })
+        .await
+        .map_err(|e| Error::Storage(format!("checkpoint task failed: {e}")))?
     }
 
     fn start_background(&self) {

@@ -1,7 +1,10 @@
 //! The embedded engine in-process, fsync on: publish, pull+ack, memory with a
 //! large backlog, and restart time.
 //!
-//! `cargo run --release -p courier-bench --bin core -- [--quick] [--secs N] [--dir DIR] [--backlog N] [--no-fsync] [--only publish|pull|memory]`
+//! `cargo run --release -p courier-bench --bin core -- [--quick] [--secs N] [--dir DIR] [--backlog N] [--preallocate] [--no-fsync] [--only publish|pull|memory]`
+//!
+//! `--preallocate` opens every engine (children included) with
+//! `EmbeddedConfig::preallocate_segments` on.
 //!
 //! The backlog and the restart run in child processes (this program started
 //! again with a hidden `__backlog` / `__reopen` argument), so their memory
@@ -36,10 +39,12 @@ fn main() -> Result<()> {
     }
     let options = Options::parse(args)?;
     let mut backlog: u64 = if options.quick { 100_000 } else { 10_000_000 };
+    let mut preallocate = false;
     let mut rest = options.rest.iter();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
             "--backlog" => backlog = rest.next().context("--backlog needs a count")?.parse()?,
+            "--preallocate" => preallocate = true,
             other => bail!("unknown argument '{other}'; see docs/benchmarks.md"),
         }
     }
@@ -49,6 +54,14 @@ fn main() -> Result<()> {
     if !options.fsync {
         println!("- **fsync OFF** (--no-fsync): an experiment, not a durable figure");
     }
+    println!(
+        "- engine: preallocate_segments {}",
+        if preallocate {
+            "**ON** (--preallocate)"
+        } else {
+            "off (the default)"
+        }
+    );
     println!(
         "- each timed case: {:?}; pull+ack backlog {}; memory backlog {}\n",
         options.case_time,
@@ -61,13 +74,13 @@ fn main() -> Result<()> {
     let mut goals = Vec::new();
 
     if options.wants("publish") {
-        runtime.block_on(publish_section(&options, &mut goals))?;
+        runtime.block_on(publish_section(&options, preallocate, &mut goals))?;
     }
     if options.wants("pull") {
-        runtime.block_on(pull_section(&options, prefill, &mut goals))?;
+        runtime.block_on(pull_section(&options, preallocate, prefill, &mut goals))?;
     }
     if options.wants("memory") {
-        memory_section(&options, backlog, &mut goals)?;
+        memory_section(&options, preallocate, backlog, &mut goals)?;
     }
 
     goals_table(&goals).print();
@@ -92,11 +105,20 @@ fn latency_cells(o: &Outcome) -> [String; 4] {
 }
 
 /// (a) Publishers each publishing one message per call, fresh engine per case.
-async fn publish_section(options: &Options, goals: &mut Vec<(Goal, String)>) -> Result<()> {
+async fn publish_section(
+    options: &Options,
+    preallocate: bool,
+    goals: &mut Vec<(Goal, String)>,
+) -> Result<()> {
     let mut table = Table::new(
         &format!(
-            "Publish, one message per call (in-process, {})",
-            fsync_text(options)
+            "Publish, one message per call (in-process, {}{})",
+            fsync_text(options),
+            if preallocate {
+                ", preallocate_segments on"
+            } else {
+                ""
+            }
         ),
         [
             "case",
@@ -113,7 +135,7 @@ async fn publish_section(options: &Options, goals: &mut Vec<(Goal, String)>) -> 
     for size in BODIES {
         for publishers in PUBLISHERS {
             let dir = options.temp_dir("courier-bench-publish-")?;
-            let engine = inproc::open(dir.path(), options.fsync).await?;
+            let engine = inproc::open_with(dir.path(), options.fsync, preallocate).await?;
             inproc::create_topic(engine.as_ref(), "bench").await?;
             let meter = CpuMeter::start(&["self"])?;
             let o = inproc::publish(
@@ -173,11 +195,12 @@ async fn publish_section(options: &Options, goals: &mut Vec<(Goal, String)>) -> 
 /// gets every message; the rate counts deliveries of all of them).
 async fn pull_section(
     options: &Options,
+    preallocate: bool,
     prefill: u64,
     goals: &mut Vec<(Goal, String)>,
 ) -> Result<()> {
     let dir = options.temp_dir("courier-bench-pull-")?;
-    let engine = inproc::open(dir.path(), options.fsync).await?;
+    let engine = inproc::open_with(dir.path(), options.fsync, preallocate).await?;
     let shared: Arc<dyn Engine> = engine.clone();
     inproc::create_topic(shared.as_ref(), "work").await?;
     let took = inproc::prefill(shared.clone(), "work", prefill, body(256)).await?;
@@ -248,7 +271,12 @@ async fn pull_section(
 }
 
 /// (c) and (d): builds the backlog in one child process, restarts on it in another.
-fn memory_section(options: &Options, backlog: u64, goals: &mut Vec<(Goal, String)>) -> Result<()> {
+fn memory_section(
+    options: &Options,
+    preallocate: bool,
+    backlog: u64,
+    goals: &mut Vec<(Goal, String)>,
+) -> Result<()> {
     let dir = options.temp_dir("courier-bench-backlog-")?;
     let data = dir.path().to_string_lossy().to_string();
     println!(
@@ -257,11 +285,16 @@ fn memory_section(options: &Options, backlog: u64, goals: &mut Vec<(Goal, String
         BACKLOG_SUBSCRIPTIONS.len()
     );
     let fsync = if options.fsync { "fsync" } else { "no-fsync" };
-    let built = run_child(&["__backlog", &data, &backlog.to_string(), fsync])?;
+    let prealloc = if preallocate {
+        "prealloc"
+    } else {
+        "no-prealloc"
+    };
+    let built = run_child(&["__backlog", &data, &backlog.to_string(), fsync, prealloc])?;
     let on_disk = dir_size(dir.path())?;
     println!("restarting on it (child process)…");
     let started = Instant::now();
-    let reopened = run_child(&["__reopen", &data, fsync])?;
+    let reopened = run_child(&["__reopen", &data, fsync, prealloc])?;
     let process = started.elapsed();
 
     let get = |m: &HashMap<String, f64>, k: &str| m.get(k).copied().unwrap_or(f64::NAN);
@@ -385,15 +418,16 @@ fn dir_size(dir: &Path) -> Result<u64> {
 /// Child: opens a fresh engine in `dir`, publishes `count` messages to a topic
 /// with idle subscriptions, reports memory before and after, shuts down.
 fn child_backlog(args: &[String]) -> Result<()> {
-    let [dir, n, fsync] = args else {
-        bail!("usage: __backlog DIR COUNT fsync|no-fsync")
+    let [dir, n, fsync, prealloc] = args else {
+        bail!("usage: __backlog DIR COUNT fsync|no-fsync prealloc|no-prealloc")
     };
     let (dir, n, fsync): (PathBuf, u64, bool) = (dir.into(), n.parse()?, fsync == "fsync");
+    let preallocate = prealloc == "prealloc";
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let engine = inproc::open(&dir, fsync).await?;
+        let engine = inproc::open_with(&dir, fsync, preallocate).await?;
         inproc::create_topic(engine.as_ref(), "backlog").await?;
         for name in BACKLOG_SUBSCRIPTIONS {
             inproc::create_subscription(engine.as_ref(), name, "backlog").await?;
@@ -417,16 +451,17 @@ fn child_backlog(args: &[String]) -> Result<()> {
 
 /// Child: opens the engine on `dir` and times it until the first message is pulled.
 fn child_reopen(args: &[String]) -> Result<()> {
-    let [dir, fsync] = args else {
-        bail!("usage: __reopen DIR fsync|no-fsync")
+    let [dir, fsync, prealloc] = args else {
+        bail!("usage: __reopen DIR fsync|no-fsync prealloc|no-prealloc")
     };
     let (dir, fsync) = (PathBuf::from(dir), fsync == "fsync");
+    let preallocate = prealloc == "prealloc";
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         let started = Instant::now();
-        let engine = inproc::open(&dir, fsync).await?;
+        let engine = inproc::open_with(&dir, fsync, preallocate).await?;
         let opened = started.elapsed();
         inproc::first_message(engine.as_ref(), BACKLOG_SUBSCRIPTIONS[0], &body(256)).await?;
         let first = started.elapsed();
