@@ -247,54 +247,44 @@ impl EmbeddedEngine {
     }
 
     fn start_background(&self) {
+        self.every(self.config.tick_interval, |engine| async move {
+            engine.tick();
+        });
+        self.every(self.config.checkpoint_interval, |engine| async move {
+            if let Err(e) = engine.checkpoint().await {
+                tracing::error!(error = %e, "checkpoint failed");
+            }
+        });
+        self.every(self.config.retention_interval, |engine| async move {
+            if let Err(e) = engine.enforce_retention() {
+                tracing::error!(error = %e, "retention failed");
+            }
+        });
+    }
+
+    /// Runs `job` every `period` (never when it is zero) until shutdown. The
+    /// task holds the engine weakly, so it never keeps a dropped engine alive.
+    fn every<F, Fut>(&self, period: Duration, job: F)
+    where
+        F: Fn(Arc<EmbeddedEngine>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        if period.is_zero() {
+            return;
+        }
         let me = self.me.clone();
-        let every = |d: Duration| (!d.is_zero()).then(|| tokio::time::interval(d));
         let cancel = self.cancel.clone();
-        if let Some(mut tick) = every(self.config.tick_interval) {
-            let me = me.clone();
-            let cancel = cancel.clone();
-            self.tasks.spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = cancel.cancelled() => break,
-                        _ = tick.tick() => {}
-                    }
-                    let Some(engine) = me.upgrade() else { break };
-                    engine.tick();
+        self.tasks.spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tick.tick() => {}
                 }
-            });
-        }
-        if let Some(mut tick) = every(self.config.checkpoint_interval) {
-            let me = me.clone();
-            let cancel = cancel.clone();
-            self.tasks.spawn(async move {
-                tick.tick().await;
-                loop {
-                    tokio::select! {
-                        _ = cancel.cancelled() => break,
-                        _ = tick.tick() => {}
-                    }
-                    let Some(engine) = me.upgrade() else { break };
-                    if let Err(e) = engine.checkpoint().await {
-                        tracing::error!(error = %e, "checkpoint failed");
-                    }
-                }
-            });
-        }
-        if let Some(mut tick) = every(self.config.retention_interval) {
-            self.tasks.spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = cancel.cancelled() => break,
-                        _ = tick.tick() => {}
-                    }
-                    let Some(engine) = me.upgrade() else { break };
-                    if let Err(e) = engine.enforce_retention() {
-                        tracing::error!(error = %e, "retention failed");
-                    }
-                }
-            });
-        }
+                let Some(engine) = me.upgrade() else { break };
+                job(engine).await;
+            }
+        });
     }
 
     /// Expires leases everywhere, so messages of consumers that died come back

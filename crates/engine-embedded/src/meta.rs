@@ -65,14 +65,7 @@ impl MetaStore {
     }
 
     pub fn load_snapshot(&self, id: u64) -> Result<Option<Snapshot>> {
-        let path = self.snapshot_path(id);
-        match fs::read(&path) {
-            Ok(bytes) => postcard::from_bytes(&bytes)
-                .map(Some)
-                .map_err(|e| Error::Corrupt(format!("{}: {e}", path.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        read_postcard(&self.snapshot_path(id))
     }
 
     pub fn save_snapshot(&self, id: u64, snapshot: &Snapshot) -> Result<()> {
@@ -81,21 +74,11 @@ impl MetaStore {
     }
 
     pub fn remove_snapshot(&self, id: u64) -> Result<()> {
-        match fs::remove_file(self.snapshot_path(id)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
-        }
+        remove_if_present(&self.snapshot_path(id))
     }
 
     pub fn load_dedup(&self, topic: &str) -> Result<Option<DedupSnapshot>> {
-        let path = self.dedup_path(topic);
-        match fs::read(&path) {
-            Ok(bytes) => postcard::from_bytes(&bytes)
-                .map(Some)
-                .map_err(|e| Error::Corrupt(format!("{}: {e}", path.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        read_postcard(&self.dedup_path(topic))
     }
 
     pub fn save_dedup(&self, topic: &str, snapshot: &DedupSnapshot) -> Result<()> {
@@ -108,10 +91,7 @@ impl MetaStore {
     }
 
     pub fn remove_dedup(&self, topic: &str) -> Result<()> {
-        match fs::remove_file(self.dedup_path(topic)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
-        }
+        remove_if_present(&self.dedup_path(topic))
     }
 
     fn dedup_path(&self, topic: &str) -> PathBuf {
@@ -120,6 +100,24 @@ impl MetaStore {
 
     fn snapshot_path(&self, id: u64) -> PathBuf {
         self.dir.join("state").join(format!("{id}.snap"))
+    }
+}
+
+/// A checkpoint file, or `None` when there is none yet.
+fn read_postcard<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    match fs::read(path) {
+        Ok(bytes) => postcard::from_bytes(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Corrupt(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn remove_if_present(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
     }
 }
 
