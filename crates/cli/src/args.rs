@@ -285,18 +285,7 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn parse_start(s: &str) -> Result<StartPosition, String> {
-    match s.split_once(':') {
-        None if s == "new" => Ok(StartPosition::New),
-        None if s == "earliest" => Ok(StartPosition::Earliest),
-        Some(("seq", n)) => n.parse().map(StartPosition::Seq).map_err(|e| e.to_string()),
-        Some(("time", n)) => n
-            .parse()
-            .map(StartPosition::Time)
-            .map_err(|e| e.to_string()),
-        _ => Err(format!(
-            "'{s}' is not a start position (new, earliest, seq:N or time:MILLIS)"
-        )),
-    }
+    s.parse()
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {

@@ -90,7 +90,7 @@ impl Output {
         let c = &s.config;
         println!("name:          {}", s.name);
         println!("topic:         {}", c.topic);
-        println!("start:         {:?}", c.start);
+        println!("start:         {}", c.start);
         println!("ack deadline:  {} ms", c.ack_deadline.as_millis());
         println!(
             "in flight:     {} (max {}, {} per consumer)",

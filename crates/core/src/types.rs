@@ -113,6 +113,35 @@ pub enum StartPosition {
     Time(Millis),
 }
 
+/// The CLI's spelling: `new`, `earliest`, `seq:N`, `time:MILLIS`.
+impl std::fmt::Display for StartPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartPosition::New => f.write_str("new"),
+            StartPosition::Earliest => f.write_str("earliest"),
+            StartPosition::Seq(n) => write!(f, "seq:{n}"),
+            StartPosition::Time(t) => write!(f, "time:{t}"),
+        }
+    }
+}
+
+impl std::str::FromStr for StartPosition {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let number = |n: &str| n.parse::<u64>().map_err(|e| format!("'{s}': {e}"));
+        match s.split_once(':') {
+            None if s == "new" => Ok(StartPosition::New),
+            None if s == "earliest" => Ok(StartPosition::Earliest),
+            Some(("seq", n)) => number(n).map(StartPosition::Seq),
+            Some(("time", n)) => number(n).map(StartPosition::Time),
+            _ => Err(format!(
+                "'{s}' is not a start position (new, earliest, seq:N or time:MILLIS)"
+            )),
+        }
+    }
+}
+
 /// A later repositioning of a subscription (replay or skip).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -289,5 +318,24 @@ pub mod opt_millis {
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_positions_round_trip_through_text() {
+        for p in [
+            StartPosition::New,
+            StartPosition::Earliest,
+            StartPosition::Seq(7),
+            StartPosition::Time(1_700_000_000_000),
+        ] {
+            assert_eq!(p.to_string().parse::<StartPosition>(), Ok(p));
+        }
+        assert!("seq:x".parse::<StartPosition>().is_err());
+        assert!("later".parse::<StartPosition>().is_err());
     }
 }
