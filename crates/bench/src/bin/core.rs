@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use courier_bench::load::Outcome;
@@ -35,6 +35,7 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("__backlog") => return child_backlog(&args[1..]),
         Some("__reopen") => return child_reopen(&args[1..]),
+        Some("__crash") => return child_crash(&args[1..]),
         _ => {}
     }
     let options = Options::parse(args)?;
@@ -297,6 +298,21 @@ fn memory_section(
     let reopened = run_child(&["__reopen", &data, fsync, prealloc])?;
     let process = started.elapsed();
 
+    let crash_publishes = (backlog / 20).max(1_000);
+    println!(
+        "publishing {} more with client ids, then exiting without shutdown (child process)…",
+        count(crash_publishes as f64)
+    );
+    run_child(&[
+        "__crash",
+        &data,
+        &crash_publishes.to_string(),
+        fsync,
+        prealloc,
+    ])?;
+    println!("restarting after that crash (child process)…");
+    let after_crash = run_child(&["__reopen", &data, fsync, prealloc])?;
+
     let get = |m: &HashMap<String, f64>, k: &str| m.get(k).copied().unwrap_or(f64::NAN);
     let mut table = Table::new(
         &format!(
@@ -352,6 +368,17 @@ fn memory_section(
     table.row([
         "backlog each subscription reports after the restart".into(),
         count(get(&reopened, "backlog")),
+    ]);
+    table.row([
+        format!(
+            "restart after a crash that followed {} publishes with client ids: open() to first pull",
+            count(crash_publishes as f64)
+        ),
+        format!("{:.2} s", get(&after_crash, "first_pull_secs")),
+    ]);
+    table.row([
+        "RSS after that restart (VmRSS; the dedup table holds those ids)".into(),
+        mib(get(&after_crash, "rss") as u64),
     ]);
     table.print();
 
@@ -446,6 +473,40 @@ fn child_backlog(args: &[String]) -> Result<()> {
             t.elapsed().as_secs_f64()
         );
         Ok(())
+    })
+}
+
+/// Child: publishes `count` messages with client ids on the backlog, gives
+/// message 1 back to the subscription the restart probe pulls from, then exits
+/// without `shutdown`: a crash, as far as the files are concerned. The next
+/// open must replay the journal and re-learn the ids written since the last
+/// checkpoint.
+fn child_crash(args: &[String]) -> Result<()> {
+    let [dir, n, fsync, prealloc] = args else {
+        bail!("usage: __crash DIR COUNT fsync|no-fsync prealloc|no-prealloc")
+    };
+    let (dir, n, fsync): (PathBuf, u64, bool) = (dir.into(), n.parse()?, fsync == "fsync");
+    let preallocate = prealloc == "prealloc";
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let engine = inproc::open_with(&dir, fsync, preallocate).await?;
+        let sub = BACKLOG_SUBSCRIPTIONS[0];
+        engine.nack(sub, &[1], Some(Duration::ZERO), None).await?;
+        let body = body(256);
+        for start in (0..n).step_by(1000) {
+            let batch = (start..(start + 1000).min(n))
+                .map(|i| courier_core::NewMessage {
+                    id: Some(format!("crash-{i}")),
+                    body: body.clone(),
+                    ..Default::default()
+                })
+                .collect();
+            engine.publish("backlog", batch).await?;
+        }
+        println!("RESULT published={n}");
+        std::process::exit(0)
     })
 }
 
