@@ -69,9 +69,7 @@ fn main() -> Result<()> {
         count(prefill as f64),
         count(backlog as f64)
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = runtime()?;
     let mut goals = Vec::new();
 
     if options.wants("publish") {
@@ -442,19 +440,54 @@ fn dir_size(dir: &Path) -> Result<u64> {
     Ok(total)
 }
 
+/// What every child process is told: `DIR [COUNT] fsync|no-fsync prealloc|no-prealloc`.
+struct ChildArgs {
+    dir: PathBuf,
+    fsync: bool,
+    preallocate: bool,
+}
+
+impl ChildArgs {
+    fn parse(args: &[String], name: &str) -> Result<ChildArgs> {
+        let [dir, fsync, prealloc] = args else {
+            bail!("usage: {name} DIR fsync|no-fsync prealloc|no-prealloc")
+        };
+        Ok(ChildArgs {
+            dir: dir.into(),
+            fsync: fsync == "fsync",
+            preallocate: prealloc == "prealloc",
+        })
+    }
+
+    /// The same with a message count after `DIR`.
+    fn parse_with_count(args: &[String], name: &str) -> Result<(ChildArgs, u64)> {
+        let [dir, n, rest @ ..] = args else {
+            bail!("usage: {name} DIR COUNT fsync|no-fsync prealloc|no-prealloc")
+        };
+        let flags: Vec<String> = std::iter::once(dir.clone())
+            .chain(rest.iter().cloned())
+            .collect();
+        Ok((ChildArgs::parse(&flags, name)?, n.parse()?))
+    }
+
+    async fn open(&self) -> Result<Arc<courier_embedded::EmbeddedEngine>> {
+        inproc::open_with(&self.dir, self.fsync, self.preallocate).await
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
 /// Child: opens a fresh engine in `dir`, publishes `count` messages to a topic
 /// with idle subscriptions, reports memory before and after, shuts down.
 fn child_backlog(args: &[String]) -> Result<()> {
-    let [dir, n, fsync, prealloc] = args else {
-        bail!("usage: __backlog DIR COUNT fsync|no-fsync prealloc|no-prealloc")
-    };
-    let (dir, n, fsync): (PathBuf, u64, bool) = (dir.into(), n.parse()?, fsync == "fsync");
-    let preallocate = prealloc == "prealloc";
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let (child, n) = ChildArgs::parse_with_count(args, "__backlog")?;
+    let runtime = runtime()?;
     runtime.block_on(async {
-        let engine = inproc::open_with(&dir, fsync, preallocate).await?;
+        let engine = child.open().await?;
         inproc::create_topic(engine.as_ref(), "backlog").await?;
         for name in BACKLOG_SUBSCRIPTIONS {
             inproc::create_subscription(engine.as_ref(), name, "backlog").await?;
@@ -482,16 +515,10 @@ fn child_backlog(args: &[String]) -> Result<()> {
 /// open must replay the journal and re-learn the ids written since the last
 /// checkpoint.
 fn child_crash(args: &[String]) -> Result<()> {
-    let [dir, n, fsync, prealloc] = args else {
-        bail!("usage: __crash DIR COUNT fsync|no-fsync prealloc|no-prealloc")
-    };
-    let (dir, n, fsync): (PathBuf, u64, bool) = (dir.into(), n.parse()?, fsync == "fsync");
-    let preallocate = prealloc == "prealloc";
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let (child, n) = ChildArgs::parse_with_count(args, "__crash")?;
+    let runtime = runtime()?;
     runtime.block_on(async {
-        let engine = inproc::open_with(&dir, fsync, preallocate).await?;
+        let engine = child.open().await?;
         let sub = BACKLOG_SUBSCRIPTIONS[0];
         engine.nack(sub, &[1], Some(Duration::ZERO), None).await?;
         let body = body(256);
@@ -512,17 +539,11 @@ fn child_crash(args: &[String]) -> Result<()> {
 
 /// Child: opens the engine on `dir` and times it until the first message is pulled.
 fn child_reopen(args: &[String]) -> Result<()> {
-    let [dir, fsync, prealloc] = args else {
-        bail!("usage: __reopen DIR fsync|no-fsync prealloc|no-prealloc")
-    };
-    let (dir, fsync) = (PathBuf::from(dir), fsync == "fsync");
-    let preallocate = prealloc == "prealloc";
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let child = ChildArgs::parse(args, "__reopen")?;
+    let runtime = runtime()?;
     runtime.block_on(async {
         let started = Instant::now();
-        let engine = inproc::open_with(&dir, fsync, preallocate).await?;
+        let engine = child.open().await?;
         let opened = started.elapsed();
         inproc::first_message(engine.as_ref(), BACKLOG_SUBSCRIPTIONS[0], &body(256)).await?;
         let first = started.elapsed();
