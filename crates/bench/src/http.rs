@@ -1,40 +1,45 @@
 //! A minimal HTTP/1.1 keep-alive client for Courier's API: one connection per
-//! worker, one request outstanding on it, no pool, no retries. Bodies are
-//! prepared once and shared (`Bytes`), so a request costs the client little
-//! more than hyper's framing.
+//! worker, one request outstanding on it, no pool, no retries. Like the RESP
+//! client in [`crate::resp`], it writes the request bytes as they are and
+//! reads exactly one answer back (parsed by `httparse`), so both systems are
+//! driven at the same client cost. A general client (hyper's, with its
+//! connection task and channels) cost about twice the CPU per request, which
+//! on a 2-core machine is taken from the server under test.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 
+use ::http::{Method, StatusCode};
 use anyhow::{bail, Context, Result};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper::header::{CONTENT_TYPE, HOST};
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// At most this many response headers are parsed; Courier sends about five.
+const MAX_HEADERS: usize = 32;
 
 /// One keep-alive connection to a Courier server.
 pub struct Conn {
-    sender: SendRequest<Full<Bytes>>,
+    stream: TcpStream,
     host: String,
+    /// The request being written.
+    out: Vec<u8>,
+    /// What has been read and not yet consumed.
+    input: BytesMut,
 }
 
 impl Conn {
     pub async fn connect(addr: SocketAddr) -> Result<Conn> {
-        let stream = tokio::net::TcpStream::connect(addr)
+        let stream = TcpStream::connect(addr)
             .await
             .with_context(|| format!("cannot connect to {addr}"))?;
         stream.set_nodelay(true)?;
-        let (sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            // Ends when the sender is dropped or the server closes the connection.
-            let _ = connection.await;
-        });
         Ok(Conn {
-            sender,
+            stream,
             host: addr.to_string(),
+            out: Vec::with_capacity(1024),
+            input: BytesMut::with_capacity(64 << 10),
         })
     }
 
@@ -46,17 +51,37 @@ impl Conn {
         content_type: &str,
         body: Bytes,
     ) -> Result<(StatusCode, Bytes)> {
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(HOST, &self.host)
-            .header(CONTENT_TYPE, content_type)
-            .body(Full::new(body))?;
-        self.sender.ready().await?;
-        let response = self.sender.send_request(request).await?;
-        let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        Ok((status, body))
+        self.out.clear();
+        write!(
+            self.out,
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
+            self.host,
+            body.len()
+        )?;
+        self.out.extend_from_slice(&body);
+        self.stream.write_all(&self.out).await?;
+        let (status, head_len, body_len) = loop {
+            if let Some(head) = parse_head(&self.input)? {
+                break head;
+            }
+            self.fill().await?;
+        };
+        while self.input.len() < head_len + body_len {
+            self.input.reserve(head_len + body_len - self.input.len());
+            self.fill().await?;
+        }
+        let mut answer = self.input.split_to(head_len + body_len);
+        Ok((status, answer.split_off(head_len).freeze()))
+    }
+
+    async fn fill(&mut self) -> Result<()> {
+        if self.input.capacity() - self.input.len() < 4096 {
+            self.input.reserve(64 << 10);
+        }
+        if self.stream.read_buf(&mut self.input).await? == 0 {
+            bail!("the server closed the connection");
+        }
+        Ok(())
     }
 
     /// Sends a JSON request and fails unless the status is `expect`.
@@ -77,6 +102,54 @@ impl Conn {
             );
         }
         Ok(answer)
+    }
+}
+
+/// The status, head length and body length of a complete response head at
+/// the start of `input`, or `None` while the head is incomplete.
+fn parse_head(input: &[u8]) -> Result<Option<(StatusCode, usize, usize)>> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    let head_len = match response.parse(input).context("malformed response")? {
+        httparse::Status::Complete(n) => n,
+        httparse::Status::Partial => return Ok(None),
+    };
+    let status = StatusCode::from_u16(response.code.unwrap_or(0))?;
+    let mut body_len = None;
+    for h in response.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            body_len = Some(std::str::from_utf8(h.value)?.trim().parse::<usize>()?);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            bail!("chunked responses are not supported by this client");
+        }
+    }
+    // Courier sends a length with every answer; 204 and 304 have no body.
+    let body_len = match (body_len, status.as_u16()) {
+        (Some(n), _) => n,
+        (None, 204 | 304) => 0,
+        (None, code) => bail!("a {code} response without content-length"),
+    };
+    Ok(Some((status, head_len, body_len)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_heads() {
+        let r = b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+        assert_eq!(
+            parse_head(r).unwrap(),
+            Some((StatusCode::CREATED, r.len() - 2, 2))
+        );
+        assert_eq!(parse_head(&r[..20]).unwrap(), None);
+        let empty = b"HTTP/1.1 204 No Content\r\n\r\n";
+        assert_eq!(
+            parse_head(empty).unwrap(),
+            Some((StatusCode::NO_CONTENT, empty.len(), 0))
+        );
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").is_err());
     }
 }
 

@@ -17,6 +17,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ::http::{Method, StatusCode};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use courier_bench::child::{self, Spawned};
@@ -25,7 +26,6 @@ use courier_bench::machine::CpuMeter;
 use courier_bench::report::{count, goals_table, micros, Goal, Table};
 use courier_bench::{body, http, inproc, machine, resp, Options};
 use courier_core::Engine;
-use hyper::{Method, StatusCode};
 
 const BODY: usize = 256;
 const SINGLE_CONNECTIONS: [usize; 3] = [1, 16, 64];
