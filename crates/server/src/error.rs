@@ -124,7 +124,7 @@ impl IntoResponse for ApiError {
 
 /// Gives error answers produced outside the handlers (router 404/405, the body
 /// limit layer, hyper) a problem document, so clients see one error format.
-pub async fn problem_for_bare_errors(response: Response) -> Response {
+pub fn problem_for_bare_errors(response: Response) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return response;

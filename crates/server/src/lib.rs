@@ -7,6 +7,8 @@
 //!   and from HTTP (single publish headers, CloudEvents).
 //! - `extract` / `error`: request parsing and RFC 9457 problem answers;
 //!   `bounds`: the largest times and durations a request may carry.
+//! - `edge`: what every request passes first (request id, rate limit,
+//!   timeout, problem answers for bare errors, request log).
 //! - `rate_limit`: per-client request limits (429 `rate_limited`).
 //! - `server`: the connection loop and the shutdown sequence.
 
@@ -15,6 +17,7 @@
 mod api;
 mod bounds;
 pub mod config;
+mod edge;
 pub mod error;
 mod extract;
 mod rate_limit;

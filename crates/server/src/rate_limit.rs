@@ -11,20 +11,16 @@
 //! drops those every [`SWEEP_INTERVAL`], so the table holds the clients seen in
 //! the last `burst / rate` seconds plus one interval, not every client ever seen.
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
-use crate::error::ApiError;
 
 /// How often keys whose bucket has refilled are dropped.
 pub(crate) const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
@@ -81,25 +77,6 @@ impl RateLimit {
             }
         }
     }
-}
-
-/// The middleware: answers 429 `rate_limited` with `Retry-After` once a client
-/// is over its limit. The connection loop puts the peer address in the
-/// request's extensions; a request without one (never the case when served by
-/// [`crate::run`]) is let through.
-pub(crate) async fn enforce(
-    State(limit): State<Arc<RateLimit>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if !EXEMPT.contains(&request.uri().path()) {
-        if let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>() {
-            if let Err(wait) = limit.check(peer.ip()) {
-                return ApiError::rate_limited(wait).into_response();
-            }
-        }
-    }
-    next.run(request).await
 }
 
 /// The key a client is counted under: IPv4 as is, IPv6 by its /64.

@@ -90,7 +90,8 @@ pub async fn run(
         let _ = stream.set_nodelay(true);
         // The peer address, for the rate limiter and anything else that asks.
         let service = TowerToHyperService::new(app.clone().map_request(
-            move |mut request: axum::extract::Request<Incoming>| {
+            move |request: axum::extract::Request<Incoming>| {
+                let mut request = request.map(axum::body::Body::new);
                 request.extensions_mut().insert(ConnectInfo(peer));
                 request
             },

@@ -263,3 +263,37 @@ async fn shutdown_ends_waiting_pulls() {
         other => panic!("expected the waiting pull to end with shutting_down, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_are_echoed_or_assigned() {
+    let mut server = TestServer::start().await;
+    let http = reqwest::Client::new();
+    let id_of = |r: &reqwest::Response| {
+        r.headers()
+            .get("x-request-id")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let echoed = http
+        .get(format!("{}/v1/topics", server.url))
+        .header("x-request-id", "trace-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(id_of(&echoed).as_deref(), Some("trace-42"));
+    // Assigned ones differ per request, errors included.
+    let first = http
+        .get(format!("{}/v1/topics", server.url))
+        .send()
+        .await
+        .unwrap();
+    let missing = http
+        .get(format!("{}/v1/topics/nope", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let (a, b) = (id_of(&first).unwrap(), id_of(&missing).unwrap());
+    assert_ne!(a, b);
+    assert!(a.parse::<u64>().is_ok(), "{a}");
+    server.stop().await;
+}

@@ -8,22 +8,15 @@ mod messages;
 mod subscriptions;
 mod topics;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderName, HeaderValue, StatusCode};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
 use axum::Router;
 use courier_core::Engine;
 use tokio_util::sync::CancellationToken;
-use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
-use tower_http::trace::TraceLayer;
+use tower::Layer;
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::{OpenApi, Response as OaResponse, ResponseBuilder};
@@ -32,10 +25,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::config::ServerConfig;
-use crate::error::{codes, problem_for_bare_errors, ApiError};
+use crate::edge::{Edge, EdgeConfig, EdgeLayer};
+use crate::error::{codes, ApiError};
 use crate::rate_limit::{self, RateLimit};
-
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -202,90 +194,32 @@ pub fn openapi_json() -> String {
     json
 }
 
-/// The whole HTTP application: routes plus the middleware stack. With a rate
-/// limit, requests need the peer's `ConnectInfo<SocketAddr>` extension, which
-/// the connection loop adds.
+/// The whole HTTP application: the routes behind the [`Edge`](crate::edge)
+/// and the body limit. With a rate limit, requests need the peer's
+/// `ConnectInfo<SocketAddr>` extension, which the connection loop adds.
 pub(crate) fn app(
     state: AppState,
     config: &ServerConfig,
     rate_limit: Option<Arc<RateLimit>>,
-) -> Router {
+) -> App {
     let (router, _) = routes().split_for_parts();
-    let timeouts = Timeouts {
-        request: config.request_timeout,
-        pull: config.request_timeout + config.max_pull_wait,
-    };
-    // Layers run outside-in from the last one added.
     let router = router
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, codes::NOT_FOUND, "no such route")
         })
         .with_state(state)
-        // The tower-http limit below does the limiting (it refuses early on Content-Length).
-        .layer(DefaultBodyLimit::disable())
-        .layer(RequestBodyLimitLayer::new(config.body_limit))
-        .layer(middleware::from_fn_with_state(timeouts, request_timeout));
-    // Outside the timeout and the body limit: a refused request costs no body read.
-    let router = match rate_limit {
-        Some(limit) => router.layer(middleware::from_fn_with_state(limit, rate_limit::enforce)),
-        None => router,
+        // Body extractors stop reading beyond the limit; the edge refuses
+        // early what announces a larger Content-Length.
+        .layer(DefaultBodyLimit::max(config.body_limit));
+    let edge = EdgeConfig {
+        request_timeout: config.request_timeout,
+        pull_timeout: config.request_timeout + config.max_pull_wait,
+        body_limit: config.body_limit,
+        rate_limit,
     };
-    router
-        .layer(middleware::map_response(problem_for_bare_errors))
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &Request| {
-                let id = req
-                    .headers()
-                    .get(&REQUEST_ID)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("");
-                // Debug level: at the default `info` the span is disabled and
-                // costs nothing per request (formatting its fields was ~4% of
-                // a publish's CPU).
-                tracing::debug_span!("request", id, method = %req.method(), path = %req.uri().path(), version = ?req.version())
-            }),
-        )
-        .layer(SetRequestIdLayer::new(REQUEST_ID, Counter::default()))
+    // Around the router as a whole, not per route: one pass per request.
+    EdgeLayer::new(edge).layer(router)
 }
 
-#[derive(Clone, Copy)]
-struct Timeouts {
-    request: Duration,
-    pull: Duration,
-}
-
-/// Cuts off requests that take too long, slow request bodies included. A pull
-/// gets its own wait on top of the request timeout, so long polls are never cut.
-async fn request_timeout(State(t): State<Timeouts>, req: Request, next: Next) -> Response {
-    let limit = if req.uri().path().ends_with("/pull") {
-        t.pull
-    } else {
-        t.request
-    };
-    match tokio::time::timeout(limit, next.run(req)).await {
-        Ok(response) => response,
-        Err(_) => ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            codes::TIMEOUT,
-            format!(
-                "the request was not completed within {} ms",
-                limit.as_millis()
-            ),
-        )
-        .into_response(),
-    }
-}
-
-/// Request ids: a per-process counter, unless the client sent its own `x-request-id`.
-#[derive(Clone, Default)]
-struct Counter(Arc<AtomicU64>);
-
-impl MakeRequestId for Counter {
-    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
-        let n = self.0.fetch_add(1, Ordering::Relaxed) + 1;
-        HeaderValue::from_str(&n.to_string())
-            .ok()
-            .map(RequestId::new)
-    }
-}
+/// The service [`app`] builds.
+pub(crate) type App = Edge<Router>;
