@@ -18,6 +18,11 @@
 //! Every run is bounded: each case runs for a fixed time and pre-filled
 //! backlogs have a fixed size; servers listen on 127.0.0.1 only.
 
+// The engine is measured with the allocator the `courier` binary ships with,
+// so in-process and HTTP figures compare like with like.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod child;
 pub mod http;
 pub mod inproc;
