@@ -109,7 +109,12 @@ pub(crate) enum TopicCommand {
     /// Show one topic.
     Show { name: String },
     /// Delete a topic and its messages (refused while subscriptions use it).
-    Delete { name: String },
+    Delete {
+        name: String,
+        /// Also delete the subscriptions that read it.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

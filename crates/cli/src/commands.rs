@@ -89,8 +89,12 @@ async fn topic(client: &Client, out: &Output, command: TopicCommand) -> Result<(
         }
         TopicCommand::List => out.topics(&client.list_topics().await?),
         TopicCommand::Show { name } => out.topic(&client.topic(&name).await?, None),
-        TopicCommand::Delete { name } => {
-            client.delete_topic(&name).await?;
+        TopicCommand::Delete { name, force } => {
+            if force {
+                client.delete_topic_force(&name).await?;
+            } else {
+                client.delete_topic(&name).await?;
+            }
             out.done(&format!("deleted topic {name}"));
         }
     }

@@ -340,9 +340,13 @@ fn client_commands() {
         courier(&url, &["topic", "delete", "orders"]).status.code(),
         Some(4)
     );
-    ok(&courier(&url, &["sub", "delete", "work"]));
-    ok(&courier(&url, &["topic", "delete", "orders"]));
+    // --force takes the subscription along.
+    ok(&courier(&url, &["topic", "delete", "orders", "--force"]));
     assert_eq!(courier(&url, &["ack", "work", "1"]).status.code(), Some(3));
+    assert_eq!(
+        courier(&url, &["topic", "show", "orders"]).status.code(),
+        Some(3)
+    );
 
     server.stop();
 }

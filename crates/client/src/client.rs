@@ -158,6 +158,16 @@ impl Client {
             .map(drop)
     }
 
+    /// Deletes a topic together with the subscriptions that read it.
+    pub async fn delete_topic_force(&self, name: &str) -> Result<()> {
+        self.send(
+            self.request(Method::DELETE, &["v1", "topics", name])
+                .query(&[("force", "true")]),
+        )
+        .await
+        .map(drop)
+    }
+
     // ---- messages ----
 
     /// Publishes one message; the body is stored byte for byte.

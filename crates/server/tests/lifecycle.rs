@@ -209,6 +209,46 @@ async fn message_lifecycle() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_delete_takes_the_topics_subscriptions_along() {
+    let mut server = TestServer::start().await;
+    let c = server.client.clone();
+    for t in ["doomed", "other"] {
+        c.create_topic(t, &TopicConfig::default()).await.unwrap();
+    }
+    for (s, t) in [("a", "doomed"), ("b", "doomed"), ("keep", "other")] {
+        c.create_subscription(s, &SubscriptionConfig::for_topic(t))
+            .await
+            .unwrap();
+    }
+    c.publish("doomed", "x", &Publish::default()).await.unwrap();
+    assert_eq!(
+        c.delete_topic("doomed").await.unwrap_err().code(),
+        Some("topic_in_use")
+    );
+    c.delete_topic_force("doomed").await.unwrap();
+    for s in ["a", "b"] {
+        assert_eq!(
+            c.subscription(s).await.unwrap_err().code(),
+            Some("subscription_not_found")
+        );
+    }
+    // Only the doomed topic's subscriptions went.
+    c.subscription("keep").await.unwrap();
+    c.topic("other").await.unwrap();
+    // Nothing to delete: 404, and nothing else touched.
+    assert_eq!(
+        c.delete_topic_force("doomed").await.unwrap_err().code(),
+        Some("topic_not_found")
+    );
+    // The name is free again, with an empty log.
+    c.create_topic("doomed", &TopicConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(c.topic("doomed").await.unwrap().next_seq, 1);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_data() {
     let server = TestServer::start().await;
     let c = server.client.clone();

@@ -2,11 +2,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use courier_client::wire::{schema, Problem, TopicList};
-use courier_core::{TopicConfig, TopicInfo};
+use courier_core::{Error as EngineError, TopicConfig, TopicInfo};
+use serde::Deserialize;
 
 use super::AppState;
 use crate::error::ApiError;
-use crate::extract::{JsonBody, Name};
+use crate::extract::{JsonBody, Name, QueryParams};
 
 /// Creates a topic, or confirms an identical one exists.
 #[utoipa::path(
@@ -59,20 +60,45 @@ pub(crate) async fn get_topic(
     Ok(Json(s.engine.topic(&name).await?))
 }
 
-/// Deletes a topic and its messages; refused while subscriptions use it.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct DeleteTopic {
+    /// Also delete the subscriptions that read the topic, with their state
+    /// (default false: a topic with subscriptions is refused with `topic_in_use`).
+    force: Option<bool>,
+}
+
+/// Deletes a topic and its messages. Refused while subscriptions read it,
+/// unless `force=true`, which deletes those subscriptions first.
 #[utoipa::path(
     delete, path = "/v1/topics/{name}", tag = "topics",
-    params(("name" = String, Path, description = "Topic name")),
+    params(("name" = String, Path, description = "Topic name"), DeleteTopic),
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, description = "`topic_not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`topic_in_use`: subscriptions still read it", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`topic_in_use`: subscriptions still read it (without `force`, or one was created meanwhile)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn delete_topic(
     State(s): State<AppState>,
     Name(name): Name,
+    QueryParams(q): QueryParams<DeleteTopic>,
 ) -> Result<StatusCode, ApiError> {
+    if q.force.unwrap_or(false) {
+        // The topic must exist before anything is deleted on its behalf.
+        s.engine.topic(&name).await?;
+        for sub in s.engine.list_subscriptions().await? {
+            if sub.config.topic != name {
+                continue;
+            }
+            match s.engine.delete_subscription(&sub.name).await {
+                // Deleted meanwhile by someone else: the goal is reached.
+                Ok(()) | Err(EngineError::SubscriptionNotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
     s.engine.delete_topic(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
