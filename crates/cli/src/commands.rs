@@ -231,7 +231,7 @@ async fn pull(client: &Client, out: &Output, a: PullArgs) -> Result<(), Failure>
     let deliveries = client.pull(&a.subscription, &body).await?;
     out.deliveries(&deliveries);
     if a.ack && !deliveries.is_empty() {
-        let seqs: Vec<_> = deliveries.iter().map(|d| d.seq).collect();
+        let seqs: Vec<_> = deliveries.iter().map(|d| d.message.seq).collect();
         client.ack(&a.subscription, &seqs).await?;
     }
     Ok(())
@@ -254,7 +254,7 @@ async fn tail(client: &Client, out: &Output, a: TailArgs) -> Result<(), Failure>
         for d in &deliveries {
             out.delivery_line(d);
             if a.ack {
-                let seqs = [d.seq];
+                let seqs = [d.message.seq];
                 patiently(|| client.ack(&a.subscription, &seqs)).await?;
             }
         }

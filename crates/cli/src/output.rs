@@ -162,18 +162,19 @@ impl Output {
         if self.json {
             return self.print_json(d);
         }
+        let m = &d.message;
         println!(
             "#{} id={} attempt={}{}{}",
-            d.seq,
-            d.id,
+            m.seq,
+            m.id,
             d.attempt,
-            d.key
+            m.key
                 .as_ref()
                 .map(|k| format!(" key={k}"))
                 .unwrap_or_default(),
-            headers(&d.headers)
+            headers(&m.headers)
         );
-        println!("  {}", body(d.body.as_deref(), d.body_base64.as_deref()));
+        println!("  {}", body(m.body.as_deref(), m.body_base64.as_deref()));
     }
 
     pub fn messages(&self, messages: &[MessageView]) {

@@ -5,8 +5,8 @@
 //! use courier_client::{Client, Publish, wire::PullBody};
 //! let client = Client::new("http://127.0.0.1:7070")?;
 //! client.publish("orders", "hello", &Publish::default()).await?;
-//! for m in client.pull("orders-worker", &PullBody::default()).await? {
-//!     client.ack("orders-worker", &[m.seq]).await?;
+//! for d in client.pull("orders-worker", &PullBody::default()).await? {
+//!     client.ack("orders-worker", &[d.message.seq]).await?;
 //! }
 //! # Ok(()) }
 //! ```

@@ -170,50 +170,25 @@ pub struct MessageList {
     pub messages: Vec<MessageView>,
 }
 
-/// A leased message: the message plus its delivery attempt and lease.
+/// A leased message: the message plus its delivery attempt and lease. On the
+/// wire the message's fields sit beside `attempt` and `lease_deadline`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct DeliveryView {
-    pub seq: u64,
-    pub id: String,
+    #[serde(flatten)]
+    pub message: MessageView,
     /// 1 on first delivery.
     pub attempt: u32,
     /// Milliseconds since the epoch when the lease expires unless acked, nacked or extended.
     pub lease_deadline: u64,
-    pub published_at: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deliver_at: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body_base64: Option<String>,
-}
-
-impl DeliveryView {
-    pub fn body_bytes(&self) -> Result<Bytes, base64::DecodeError> {
-        decode_body(self.body.as_deref(), self.body_base64.as_deref())
-    }
 }
 
 impl From<courier_core::Delivery> for DeliveryView {
     fn from(d: courier_core::Delivery) -> Self {
-        let m = d.message;
-        let (body, body_base64) = encode_body(&m.body);
         Self {
-            seq: m.seq,
-            id: m.id,
+            message: d.message.into(),
             attempt: d.attempt,
             lease_deadline: d.lease_deadline,
-            published_at: m.published_at,
-            deliver_at: m.deliver_at,
-            key: m.key,
-            headers: m.headers,
-            body,
-            body_base64,
         }
     }
 }

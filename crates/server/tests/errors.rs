@@ -423,7 +423,7 @@ async fn extreme_numbers_are_refused_not_overflowed() {
         )
         .await
         .unwrap();
-    let seq = leased[0].seq;
+    let seq = leased[0].message.seq;
     let max = u64::MAX;
     let sub_post = |action: &str, body: String| {
         raw.json(
@@ -573,7 +573,7 @@ async fn extreme_numbers_are_refused_not_overflowed() {
     assert!(none.is_empty());
 
     // Nothing above broke the subscription.
-    c.ack("s", &[seq, got[0].seq]).await.unwrap();
+    c.ack("s", &[seq, got[0].message.seq]).await.unwrap();
     assert_eq!(c.subscription("s").await.unwrap().in_flight, 0);
     server.stop().await;
 }

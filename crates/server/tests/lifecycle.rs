@@ -116,11 +116,14 @@ async fn message_lifecycle() {
 
     // Pull all three, first attempt.
     let got = c.pull("work", &pull_body(10)).await.unwrap();
-    assert_eq!(got.iter().map(|d| d.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        got.iter().map(|d| d.message.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
     assert!(got.iter().all(|d| d.attempt == 1));
-    assert_eq!(got[0].key.as_deref(), Some("customer-7"));
-    assert_eq!(got[0].body.as_deref(), Some("hello"));
-    assert!(got[0].lease_deadline > got[0].published_at);
+    assert_eq!(got[0].message.key.as_deref(), Some("customer-7"));
+    assert_eq!(got[0].message.body.as_deref(), Some("hello"));
+    assert!(got[0].lease_deadline > got[0].message.published_at);
 
     // Extend a lease; a sequence not leased is a conflict.
     c.extend("work", &[1], Duration::from_secs(60))
@@ -143,7 +146,7 @@ async fn message_lifecycle() {
     c.nack("work", &nack("first failure")).await.unwrap();
     let retry = c.pull("work", &pull_body(10)).await.unwrap();
     assert_eq!(retry.len(), 1);
-    assert_eq!((retry[0].seq, retry[0].attempt), (1, 2));
+    assert_eq!((retry[0].message.seq, retry[0].attempt), (1, 2));
 
     // The second failure is the last attempt: dead-lettered.
     c.nack("work", &nack("boom")).await.unwrap();
@@ -171,16 +174,16 @@ async fn message_lifecycle() {
     assert_eq!(c.replay_dead_letters("work", None).await.unwrap(), 1);
     let replayed = c.pull("work", &pull_body(10)).await.unwrap();
     assert_eq!(replayed.len(), 1);
-    assert_eq!(replayed[0].id, "m1");
-    assert_eq!(replayed[0].body.as_deref(), Some("hello"));
-    c.ack("work", &[replayed[0].seq]).await.unwrap();
+    assert_eq!(replayed[0].message.id, "m1");
+    assert_eq!(replayed[0].message.body.as_deref(), Some("hello"));
+    c.ack("work", &[replayed[0].message.seq]).await.unwrap();
     assert!(c.dead_letters("work", 10).await.unwrap().is_empty());
 
     // Seek back to the start: everything is delivered again.
     c.seek("work", SeekTarget::Seq(1)).await.unwrap();
     let again = c.pull("work", &pull_body(10)).await.unwrap();
     assert_eq!(
-        again.iter().map(|d| d.seq).collect::<Vec<_>>(),
+        again.iter().map(|d| d.message.seq).collect::<Vec<_>>(),
         vec![1, 2, 3]
     );
     c.ack("work", &[1, 2, 3]).await.unwrap();
@@ -269,9 +272,12 @@ async fn restart_keeps_data() {
     // Settle the first five so the restart must also keep the subscription's position.
     let first = c.pull("reader", &pull_body(5)).await.unwrap();
     assert_eq!(first.len(), 5);
-    c.ack("reader", &first.iter().map(|d| d.seq).collect::<Vec<_>>())
-        .await
-        .unwrap();
+    c.ack(
+        "reader",
+        &first.iter().map(|d| d.message.seq).collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
 
     let server = server.restart().await;
     let c = &server.client;
@@ -280,11 +286,14 @@ async fn restart_keeps_data() {
     let stored = c.browse("events", 0, 100).await.unwrap();
     assert_eq!(stored.iter().map(|m| m.id.clone()).collect::<Vec<_>>(), ids);
     let rest = c.pull("reader", &pull_body(100)).await.unwrap();
-    assert_eq!(rest.first().map(|d| d.seq), Some(6));
+    assert_eq!(rest.first().map(|d| d.message.seq), Some(6));
     assert_eq!(rest.len(), 15);
-    c.ack("reader", &rest.iter().map(|d| d.seq).collect::<Vec<_>>())
-        .await
-        .unwrap();
+    c.ack(
+        "reader",
+        &rest.iter().map(|d| d.message.seq).collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
     let mut server = server;
     server.stop().await;
 }

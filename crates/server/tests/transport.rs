@@ -44,7 +44,7 @@ async fn h2c_prior_knowledge() {
         .await
         .unwrap();
     assert_eq!(got.len(), 20);
-    h2.ack("s", &got.iter().map(|d| d.seq).collect::<Vec<_>>())
+    h2.ack("s", &got.iter().map(|d| d.message.seq).collect::<Vec<_>>())
         .await
         .unwrap();
 
