@@ -1,5 +1,5 @@
-//! The HTTP/JSON API: routes, their OpenAPI description, and the middleware
-//! stack around them. Handlers translate between the wire format
+//! The HTTP/JSON API: routes, their OpenAPI description, and the application
+//! behind the [`crate::edge`]. Handlers translate between the wire format
 //! (`courier_client::wire`) and the `Engine` trait and hold no broker logic.
 
 mod broker;
