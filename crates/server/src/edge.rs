@@ -61,6 +61,15 @@ impl EdgeLayer {
             next_id: AtomicU64::new(0),
         }))
     }
+
+    pub(crate) fn config(&self) -> &EdgeConfig {
+        &self.0.config
+    }
+
+    /// An id for a request that brings no `x-request-id`.
+    pub(crate) fn next_request_id(&self) -> HeaderValue {
+        HeaderValue::from(self.0.next_id.fetch_add(1, Ordering::Relaxed) + 1)
+    }
 }
 
 impl<S> Layer<S> for EdgeLayer {
@@ -95,8 +104,7 @@ where
         let id = match request.headers().get(&REQUEST_ID) {
             Some(id) => id.clone(),
             None => {
-                let n = self.shared.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-                let id = HeaderValue::from(n);
+                let id = EdgeLayer(self.shared.clone()).next_request_id();
                 request.headers_mut().insert(REQUEST_ID, id.clone());
                 id
             }

@@ -20,6 +20,7 @@ pub mod config;
 mod edge;
 pub mod error;
 mod extract;
+mod fast_publish;
 mod rate_limit;
 mod server;
 mod telemetry;

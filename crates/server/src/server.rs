@@ -1,6 +1,8 @@
 //! The connection loop: HTTP/1.1 and HTTP/2 cleartext (prior knowledge) on one
 //! port, a header-read deadline for slow clients, a cap on open connections,
-//! per-client rate limits, and graceful shutdown.
+//! per-client rate limits, and graceful shutdown. Each connection starts on
+//! the [`crate::fast_publish`] path and moves to hyper at its first request
+//! that is not a single publish.
 //!
 //! Shutdown order: stop accepting; tell waiting pulls to give up; let every
 //! in-flight request finish (bounded by `shutdown_timeout`); then
@@ -19,10 +21,12 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
+use crate::fast_publish::{FastPublish, Rewind, Served};
 use crate::rate_limit::RateLimit;
 
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +58,13 @@ pub async fn run(
     if let Some(limit) = &rate_limit {
         tokio::spawn(limit.clone().sweep(state.draining.clone()));
     }
-    let app = api::app(state.clone(), &config.server, rate_limit);
+    let edge = api::edge(&config.server, rate_limit);
+    let app = api::app(state.clone(), &config.server, &edge);
+    let fast = Arc::new(FastPublish::new(
+        state.clone(),
+        edge,
+        config.server.header_read_timeout,
+    ));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -62,6 +72,9 @@ pub async fn run(
         .header_read_timeout(config.server.header_read_timeout);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
+    // Every connection task, also those still on the fast path, which
+    // `graceful` does not see.
+    let tasks = TaskTracker::new();
     let connections = Arc::new(Semaphore::new(config.server.max_connections));
 
     tracing::info!(addr = %listener.local_addr()?, "courier listening (HTTP/1.1 and h2c)");
@@ -88,21 +101,28 @@ pub async fn run(
             },
         };
         let _ = stream.set_nodelay(true);
-        // The peer address, for the rate limiter and anything else that asks.
-        let service = TowerToHyperService::new(app.clone().map_request(
-            move |request: axum::extract::Request<Incoming>| {
-                let mut request = request.map(axum::body::Body::new);
-                request.extensions_mut().insert(ConnectInfo(peer));
-                request
-            },
-        ));
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+        let (fast, app, builder, watcher) = (
+            fast.clone(),
+            app.clone(),
+            builder.clone(),
+            graceful.watcher(),
+        );
+        tasks.spawn(async move {
+            // Publishes first; hyper takes over at the first other request.
+            if let Served::Handoff(stream, read) = fast.serve(stream, peer).await {
+                // The peer address, for the rate limiter and anything else that asks.
+                let service = TowerToHyperService::new(app.map_request(
+                    move |request: axum::extract::Request<Incoming>| {
+                        let mut request = request.map(axum::body::Body::new);
+                        request.extensions_mut().insert(ConnectInfo(peer));
+                        request
+                    },
+                ));
+                let io = TokioIo::new(Rewind::new(read, stream));
+                let connection = builder.serve_connection(io, service).into_owned();
+                if let Err(e) = watcher.watch(connection).await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
             }
             drop(permit);
         });
@@ -112,10 +132,12 @@ pub async fn run(
     tracing::info!("shutting down: draining in-flight requests");
     state.draining.cancel();
     let grace = config.server.shutdown_timeout;
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    tasks.close();
+    let drained = async {
+        graceful.shutdown().await;
+        tasks.wait().await;
+    };
+    if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!(
             grace_ms = grace.as_millis() as u64,
             "in-flight requests still running after the shutdown timeout; closing anyway"

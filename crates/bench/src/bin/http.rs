@@ -2,7 +2,7 @@
 //! (`XADD`, AOF with `appendfsync always`), both driven by this program's
 //! load generator; plus the same workloads in-process, for the cost of HTTP.
 //!
-//! `cargo build --release -p courier && cargo run --release -p courier-bench --bin http -- [--quick] [--secs N] [--dir DIR] [--courier PATH] [--redis-server PATH] [--no-fsync] [--only single-1|single-16|single-64|batch|pull]`
+//! `cargo build --release -p courier && cargo run --release -p courier-bench --bin http -- [--quick] [--secs N] [--dir DIR] [--courier PATH] [--redis-server PATH] [--no-fsync] [--only single-1|single-16|single-64|batch|pull] [--courier-only]`
 //!
 //! The server binary is `--courier`, else `$COURIER_BIN`, else `courier` next
 //! to this program (the same target directory). Redis is `--redis-server`,
@@ -113,6 +113,9 @@ fn plural(n: usize) -> &'static str {
 struct Programs {
     courier: PathBuf,
     redis: Option<PathBuf>,
+    /// `--courier-only`: skip the in-process reference and Redis, for quick
+    /// comparisons of server builds.
+    courier_only: bool,
 }
 
 fn main() -> Result<()> {
@@ -141,11 +144,16 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
 
-    println!("in-process reference (embedded engine, same workloads)…");
-    let inproc = runtime.block_on(in_process(&options, prefill))?;
+    let inproc = if programs.courier_only {
+        Vec::new()
+    } else {
+        println!("in-process reference (embedded engine, same workloads)…");
+        runtime.block_on(in_process(&options, prefill))?
+    };
     println!("courier over HTTP…");
     let courier = runtime.block_on(courier_http(&options, &programs.courier, prefill))?;
     let redis = match &programs.redis {
+        Some(_) if programs.courier_only => None,
         Some(path) => {
             println!("redis…");
             Some(runtime.block_on(redis_xadd(&options, path))?)
@@ -161,9 +169,11 @@ fn main() -> Result<()> {
 fn find_programs(options: &Options) -> Result<Programs> {
     let mut courier = std::env::var_os("COURIER_BIN").map(PathBuf::from);
     let mut redis = std::env::var_os("REDIS_SERVER").map(PathBuf::from);
+    let mut courier_only = false;
     let mut rest = options.rest.iter();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
+            "--courier-only" => courier_only = true,
             "--courier" => courier = Some(rest.next().context("--courier needs a path")?.into()),
             "--redis-server" => {
                 redis = Some(rest.next().context("--redis-server needs a path")?.into())
@@ -187,7 +197,11 @@ fn find_programs(options: &Options) -> Result<Programs> {
     let redis = redis
         .or_else(|| Some(PathBuf::from("/usr/bin/redis-server")))
         .filter(|p| p.is_file());
-    Ok(Programs { courier, redis })
+    Ok(Programs {
+        courier,
+        redis,
+        courier_only,
+    })
 }
 
 fn redis_version(path: &Path) -> String {

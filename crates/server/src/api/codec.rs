@@ -26,6 +26,28 @@ pub(crate) fn message_from_http(
     body: Bytes,
     max_headers: usize,
 ) -> Result<NewMessage, ApiError> {
+    message_from_headers(
+        headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
+        body,
+        max_headers,
+    )
+}
+
+/// Whether a request header (name in lower case) says something about the
+/// message rather than the request: `Courier-*`, `ce-*` and `Content-Type`.
+pub(crate) fn is_message_header(name: &str) -> bool {
+    name.starts_with("courier-")
+        || name.starts_with(h::CLOUDEVENTS_PREFIX)
+        || name == STORED_CONTENT_TYPE
+}
+
+/// [`message_from_http`] over any list of request headers whose names are in
+/// lower case, in the order they came.
+pub(crate) fn message_from_headers<'a>(
+    headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    body: Bytes,
+    max_headers: usize,
+) -> Result<NewMessage, ApiError> {
     let mut message = NewMessage {
         body,
         ..NewMessage::default()
@@ -33,13 +55,11 @@ pub(crate) fn message_from_http(
     let mut delay = None;
     let mut deliver_at = None;
     for (name, value) in headers {
-        let name = name.as_str();
-        let is_ours = name.starts_with("courier-");
-        let is_cloudevent = name.starts_with(h::CLOUDEVENTS_PREFIX);
-        if !(is_ours || is_cloudevent || name == STORED_CONTENT_TYPE) {
+        if !is_message_header(name) {
             continue; // Host, User-Agent, Accept…: about the request, not the message.
         }
-        let value = std::str::from_utf8(value.as_bytes()).map_err(|_| {
+        let is_ours = name.starts_with("courier-");
+        let value = std::str::from_utf8(value).map_err(|_| {
             ApiError::bad_request(
                 codes::INVALID_HEADER,
                 format!("header '{name}' is not UTF-8"),

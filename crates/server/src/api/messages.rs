@@ -1,8 +1,9 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
+use bytes::Bytes;
 use courier_client::wire::{schema, MessageList, Problem, PublishBatch, PublishBatchResponse};
-use courier_core::{PublishReceipt, Seq};
+use courier_core::{NewMessage, PublishReceipt, Seq};
 use serde::Deserialize;
 
 use super::codec::{message_from_http, message_from_json};
@@ -43,18 +44,30 @@ pub(crate) async fn publish(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<PublishReceipt>), ApiError> {
-    // A small body is copied: a slice would keep the connection's whole read
-    // buffer alive until the log writer is done with it, making hyper allocate
-    // a fresh one for every request.
-    let body = if body.len() <= COPY_BELOW {
-        bytes::Bytes::copy_from_slice(&body)
+    let message = message_from_http(&headers, detach(body), s.max_headers_per_message)?;
+    let receipt = publish_one(&s, &topic, message).await?;
+    Ok((StatusCode::CREATED, Json(receipt)))
+}
+
+/// A body the engine may keep: a small one is copied, because a slice would
+/// keep the connection's whole read buffer alive until the log writer is done
+/// with it, and the connection would allocate a fresh buffer for every request.
+pub(crate) fn detach(body: Bytes) -> Bytes {
+    if body.len() <= COPY_BELOW {
+        Bytes::copy_from_slice(&body)
     } else {
         body
-    };
-    let message = message_from_http(&headers, body, s.max_headers_per_message)?;
-    let receipt = s
-        .engine
-        .publish(&topic, vec![message])
+    }
+}
+
+/// Publishes one message; shared with the HTTP/1.1 fast path ([`crate::fast_publish`]).
+pub(crate) async fn publish_one(
+    s: &AppState,
+    topic: &str,
+    message: NewMessage,
+) -> Result<PublishReceipt, ApiError> {
+    s.engine
+        .publish(topic, vec![message])
         .await?
         .pop()
         .ok_or_else(|| {
@@ -63,8 +76,7 @@ pub(crate) async fn publish(
                 codes::INTERNAL,
                 "the engine returned no receipt",
             )
-        })?;
-    Ok((StatusCode::CREATED, Json(receipt)))
+        })
 }
 
 /// Publishes several messages at once; all are durable when this answers.

@@ -8,6 +8,9 @@ mod messages;
 mod subscriptions;
 mod topics;
 
+pub(crate) use codec::{is_message_header, message_from_headers};
+pub(crate) use messages::{detach, publish_one};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -194,14 +197,20 @@ pub fn openapi_json() -> String {
     json
 }
 
+/// The settings of the [`Edge`](crate::edge) every request passes.
+pub(crate) fn edge(config: &ServerConfig, rate_limit: Option<Arc<RateLimit>>) -> EdgeLayer {
+    EdgeLayer::new(EdgeConfig {
+        request_timeout: config.request_timeout,
+        pull_timeout: config.request_timeout + config.max_pull_wait,
+        body_limit: config.body_limit,
+        rate_limit,
+    })
+}
+
 /// The whole HTTP application: the routes behind the [`Edge`](crate::edge)
 /// and the body limit. With a rate limit, requests need the peer's
 /// `ConnectInfo<SocketAddr>` extension, which the connection loop adds.
-pub(crate) fn app(
-    state: AppState,
-    config: &ServerConfig,
-    rate_limit: Option<Arc<RateLimit>>,
-) -> App {
+pub(crate) fn app(state: AppState, config: &ServerConfig, edge: &EdgeLayer) -> App {
     let (router, _) = routes().split_for_parts();
     let router = router
         .fallback(|| async {
@@ -211,14 +220,8 @@ pub(crate) fn app(
         // Body extractors stop reading beyond the limit; the edge refuses
         // early what announces a larger Content-Length.
         .layer(DefaultBodyLimit::max(config.body_limit));
-    let edge = EdgeConfig {
-        request_timeout: config.request_timeout,
-        pull_timeout: config.request_timeout + config.max_pull_wait,
-        body_limit: config.body_limit,
-        rate_limit,
-    };
     // Around the router as a whole, not per route: one pass per request.
-    EdgeLayer::new(edge).layer(router)
+    edge.layer(router)
 }
 
 /// The service [`app`] builds.
