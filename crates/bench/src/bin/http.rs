@@ -2,7 +2,7 @@
 //! (`XADD`, AOF with `appendfsync always`), both driven by this program's
 //! load generator; plus the same workloads in-process, for the cost of HTTP.
 //!
-//! `cargo build --release -p courier && cargo run --release -p courier-bench --bin http -- [--quick] [--secs N] [--dir DIR] [--courier PATH] [--redis-server PATH] [--no-fsync] [--only single-1|single-16|single-64|batch|pull] [--courier-only]`
+//! `cargo build --release -p courier && cargo run --release -p courier-bench --bin http -- [--quick] [--secs N] [--dir DIR] [--courier PATH] [--redis-server PATH] [--no-fsync] [--only single-1|single-16|single-64|batch|pull] [--courier-only] [--preallocate]`
 //!
 //! The server binary is `--courier`, else `$COURIER_BIN`, else `courier` next
 //! to this program (the same target directory). Redis is `--redis-server`,
@@ -116,6 +116,9 @@ struct Programs {
     /// `--courier-only`: skip the in-process reference and Redis, for quick
     /// comparisons of server builds.
     courier_only: bool,
+    /// `--preallocate`: `engine.preallocate_segments` for the server and the
+    /// in-process reference.
+    preallocate: bool,
 }
 
 fn main() -> Result<()> {
@@ -131,6 +134,9 @@ fn main() -> Result<()> {
         println!("- **fsync OFF** (--no-fsync, Courier and in-process only): an experiment, not a durable figure");
     }
     println!("- courier: {}", programs.courier.display());
+    if programs.preallocate {
+        println!("- engine: preallocate_segments on (--preallocate), server and in-process");
+    }
     match &programs.redis {
         Some(r) => println!("- redis: {} ({})", r.display(), redis_version(r)),
         None => println!("- redis: not found, Redis was skipped"),
@@ -148,10 +154,10 @@ fn main() -> Result<()> {
         Vec::new()
     } else {
         println!("in-process reference (embedded engine, same workloads)…");
-        runtime.block_on(in_process(&options, prefill))?
+        runtime.block_on(in_process(&options, prefill, programs.preallocate))?
     };
     println!("courier over HTTP…");
-    let courier = runtime.block_on(courier_http(&options, &programs.courier, prefill))?;
+    let courier = runtime.block_on(courier_http(&options, &programs, prefill))?;
     let redis = match &programs.redis {
         Some(_) if programs.courier_only => None,
         Some(path) => {
@@ -170,10 +176,12 @@ fn find_programs(options: &Options) -> Result<Programs> {
     let mut courier = std::env::var_os("COURIER_BIN").map(PathBuf::from);
     let mut redis = std::env::var_os("REDIS_SERVER").map(PathBuf::from);
     let mut courier_only = false;
+    let mut preallocate = false;
     let mut rest = options.rest.iter();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
             "--courier-only" => courier_only = true,
+            "--preallocate" => preallocate = true,
             "--courier" => courier = Some(rest.next().context("--courier needs a path")?.into()),
             "--redis-server" => {
                 redis = Some(rest.next().context("--redis-server needs a path")?.into())
@@ -201,6 +209,7 @@ fn find_programs(options: &Options) -> Result<Programs> {
         courier,
         redis,
         courier_only,
+        preallocate,
     })
 }
 
@@ -219,9 +228,13 @@ fn redis_version(path: &Path) -> String {
 }
 
 /// The same workloads against the embedded engine in this process.
-async fn in_process(options: &Options, prefill: u64) -> Result<Vec<(Case, Outcome)>> {
+async fn in_process(
+    options: &Options,
+    prefill: u64,
+    preallocate: bool,
+) -> Result<Vec<(Case, Outcome)>> {
     let dir = options.temp_dir("courier-bench-inproc-")?;
-    let engine = inproc::open(dir.path(), options.fsync).await?;
+    let engine = inproc::open_with(dir.path(), options.fsync, preallocate).await?;
     let shared: Arc<dyn Engine> = engine.clone();
     let mut out = Vec::new();
     for case in Case::chosen(options) {
@@ -292,14 +305,14 @@ async fn connections(addr: SocketAddr, n: usize) -> Result<std::vec::IntoIter<ht
 /// Starts `courier serve` and runs every case against it over HTTP/1.1.
 async fn courier_http(
     options: &Options,
-    program: &Path,
+    programs: &Programs,
     prefill: u64,
 ) -> Result<Vec<(Case, Measured)>> {
     let dir = options.temp_dir("courier-bench-http-")?;
     // Its log (default level, info) goes to a file, shown if it fails to start.
     let log_path = dir.path().join("courier.log");
     let log = std::fs::File::create(&log_path)?;
-    let mut command = Command::new(program);
+    let mut command = Command::new(&programs.courier);
     command
         .args([
             "serve",
@@ -313,6 +326,11 @@ async fn courier_http(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log);
+    if programs.preallocate {
+        let config = dir.path().join("courier.toml");
+        std::fs::write(&config, "[engine]\npreallocate_segments = true\n")?;
+        command.arg("--config").arg(config);
+    }
     for (var, _) in std::env::vars_os() {
         if var.to_string_lossy().starts_with("COURIER_") {
             command.env_remove(var);
