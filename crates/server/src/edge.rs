@@ -126,15 +126,7 @@ where
             }
         }
         if announced_length(&request).is_some_and(|n| n > config.body_limit as u64) {
-            let too_large = ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                codes::BODY_TOO_LARGE,
-                format!(
-                    "the request body is larger than the server's body limit ({} bytes)",
-                    config.body_limit
-                ),
-            );
-            return EdgeFuture::refused(too_large, id, log);
+            return EdgeFuture::refused(body_too_large(config.body_limit), id, log);
         }
         let limit = if path.ends_with("/pull") {
             config.pull_timeout
@@ -221,7 +213,7 @@ where
             } => match inner.poll(cx) {
                 Poll::Ready(Ok(response)) => response,
                 Poll::Pending => match deadline.poll(cx) {
-                    Poll::Ready(()) => timed_out(*limit),
+                    Poll::Ready(()) => timed_out(*limit).into_response(),
                     Poll::Pending => return Poll::Pending,
                 },
             },
@@ -245,7 +237,8 @@ where
     }
 }
 
-fn timed_out(limit: Duration) -> Response {
+/// 408 `timeout`: the request took longer than `limit`.
+pub(crate) fn timed_out(limit: Duration) -> ApiError {
     ApiError::new(
         StatusCode::REQUEST_TIMEOUT,
         codes::TIMEOUT,
@@ -254,7 +247,15 @@ fn timed_out(limit: Duration) -> Response {
             limit.as_millis()
         ),
     )
-    .into_response()
+}
+
+/// 413 `body_too_large`: the announced body is over `limit` bytes.
+pub(crate) fn body_too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        codes::BODY_TOO_LARGE,
+        format!("the request body is larger than the server's body limit ({limit} bytes)"),
+    )
 }
 
 impl RequestLog {

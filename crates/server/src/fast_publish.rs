@@ -36,8 +36,8 @@ use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 
 use crate::api::{self, AppState};
-use crate::edge::{EdgeLayer, REQUEST_ID};
-use crate::error::{codes, ApiError};
+use crate::edge::{self, EdgeLayer, REQUEST_ID};
+use crate::error::ApiError;
 
 /// Heads with more header lines than this go to hyper (which allows 100).
 const MAX_HEADERS: usize = 32;
@@ -175,14 +175,7 @@ impl FastPublish {
             if let Some(Err(wait)) = config.rate_limit.as_ref().map(|l| l.check(peer.ip())) {
                 Some(ApiError::rate_limited(wait))
             } else if length > config.body_limit {
-                Some(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    codes::BODY_TOO_LARGE,
-                    format!(
-                        "the request body is larger than the server's body limit ({} bytes)",
-                        config.body_limit
-                    ),
-                ))
+                Some(edge::body_too_large(config.body_limit))
             } else {
                 courier_core::error::validate_name(&head.topic)
                     .err()
@@ -198,16 +191,7 @@ impl FastPublish {
             return Ok((Err(error), !skip));
         }
         let deadline = Instant::now() + config.request_timeout;
-        let timed_out = || {
-            ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                codes::TIMEOUT,
-                format!(
-                    "the request was not completed within {} ms",
-                    config.request_timeout.as_millis()
-                ),
-            )
-        };
+        let timed_out = || edge::timed_out(config.request_timeout);
         while buf.len() < length {
             buf.reserve(length - buf.len());
             tokio::select! {
