@@ -68,7 +68,13 @@ impl EdgeLayer {
 
     /// An id for a request that brings no `x-request-id`.
     pub(crate) fn next_request_id(&self) -> HeaderValue {
-        HeaderValue::from(self.0.next_id.fetch_add(1, Ordering::Relaxed) + 1)
+        self.0.next_request_id()
+    }
+}
+
+impl Shared {
+    fn next_request_id(&self) -> HeaderValue {
+        HeaderValue::from(self.next_id.fetch_add(1, Ordering::Relaxed) + 1)
     }
 }
 
@@ -104,7 +110,7 @@ where
         let id = match request.headers().get(&REQUEST_ID) {
             Some(id) => id.clone(),
             None => {
-                let id = EdgeLayer(self.shared.clone()).next_request_id();
+                let id = self.shared.next_request_id();
                 request.headers_mut().insert(REQUEST_ID, id.clone());
                 id
             }
@@ -260,17 +266,28 @@ pub(crate) fn body_too_large(limit: usize) -> ApiError {
 
 impl RequestLog {
     fn finish(self, response: &Response) {
-        let status = response.status().as_u16();
-        let micros = self.started.elapsed().as_micros() as u64;
         let id = response
             .headers()
             .get(&REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        if response.status().is_server_error() {
-            tracing::error!(id, method = %self.method, path = %self.path, status, micros, "request failed");
-        } else {
-            tracing::debug!(id, method = %self.method, path = %self.path, status, micros, "request");
-        }
+        log_answer(
+            id,
+            self.method.as_str(),
+            &self.path,
+            response.status(),
+            self.started,
+        );
+    }
+}
+
+/// The request log line: error for a 5xx, else debug. (Also the fast path's.)
+pub(crate) fn log_answer(id: &str, method: &str, path: &str, status: StatusCode, started: Instant) {
+    let micros = started.elapsed().as_micros() as u64;
+    let status = status.as_u16();
+    if status >= 500 {
+        tracing::error!(id, method, path, status, micros, "request failed");
+    } else {
+        tracing::debug!(id, method, path, status, micros, "request");
     }
 }

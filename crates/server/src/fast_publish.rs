@@ -105,7 +105,7 @@ impl FastPublish {
                 .request_id
                 .clone()
                 .unwrap_or_else(|| self.edge.next_request_id());
-            let Ok((result, mut close)) = self.handle(&mut stream, &mut buf, head, peer).await
+            let Ok((result, mut close)) = self.handle(&mut stream, &mut buf, &head, peer).await
             else {
                 return Served::Closed;
             };
@@ -118,7 +118,11 @@ impl FastPublish {
                 }
                 Err(e) => write_response(&mut out, e.into_response(), &id, close).await,
             };
-            log(&id, status, started);
+            if status.is_server_error() || tracing::enabled!(tracing::Level::DEBUG) {
+                let path = format!("{PREFIX}{}{SUFFIX}", head.topic);
+                let id = id.to_str().unwrap_or("");
+                edge::log_answer(id, "POST", &path, status, started);
+            }
             if stream.write_all(&out).await.is_err() || close {
                 return Served::Closed;
             }
@@ -165,7 +169,7 @@ impl FastPublish {
         &self,
         stream: &mut TcpStream,
         buf: &mut BytesMut,
-        head: Head,
+        head: &Head,
         peer: SocketAddr,
     ) -> Result<(Result<PublishReceipt, ApiError>, bool), ()> {
         buf.advance(head.len);
@@ -352,19 +356,6 @@ fn http_date(out: &mut Vec<u8>) {
         }
         out.extend_from_slice(text.as_bytes());
     });
-}
-
-/// The edge's request log: debug for every request, error for a 5xx.
-fn log(id: &HeaderValue, status: StatusCode, started: std::time::Instant) {
-    let id = id.to_str().unwrap_or("");
-    let code = status.as_u16();
-    if status.is_server_error() {
-        let micros = started.elapsed().as_micros() as u64;
-        tracing::error!(id, method = "POST", status = code, micros, "request failed");
-    } else if tracing::enabled!(tracing::Level::DEBUG) {
-        let micros = started.elapsed().as_micros() as u64;
-        tracing::debug!(id, method = "POST", status = code, micros, "request");
-    }
 }
 
 /// A connection handed to hyper: the bytes the fast path already read come
