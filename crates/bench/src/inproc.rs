@@ -17,15 +17,15 @@ use crate::load::{self, Outcome};
 
 /// Opens the embedded engine on `dir` with its defaults (fsync on unless `fsync` is false).
 pub async fn open(dir: &Path, fsync: bool) -> Result<Arc<EmbeddedEngine>> {
-    open_with(dir, fsync, false).await
+    open_with(dir, fsync, EmbeddedConfig::default().preallocate_bytes).await
 }
 
-/// Like [`open`], with `preallocate_segments` set to `preallocate`.
-pub async fn open_with(dir: &Path, fsync: bool, preallocate: bool) -> Result<Arc<EmbeddedEngine>> {
+/// Like [`open`], with `preallocate_bytes` set to `preallocate`.
+pub async fn open_with(dir: &Path, fsync: bool, preallocate: u64) -> Result<Arc<EmbeddedEngine>> {
     let config = EmbeddedConfig {
         data_dir: dir.to_path_buf(),
         fsync,
-        preallocate_segments: preallocate,
+        preallocate_bytes: preallocate,
         ..EmbeddedConfig::default()
     };
     Ok(EmbeddedEngine::open(config).await?)

@@ -5,7 +5,7 @@
 //! For 256 B and 4 KiB bodies and 1, 16 and 256 concurrent publishers (each
 //! appending one message at a time and waiting for it to be durable), prints
 //! append latency percentiles and messages per second, each case with
-//! pre-allocated segments and without, one after the other; then sequential
+//! pre-allocation (the default) and without, one after the other; then sequential
 //! and random read rates, and the raw fdatasync latency of the disk for
 //! reference, after appending and after overwriting pre-zeroed blocks.
 //!
@@ -28,12 +28,13 @@ fn main() {
     let base = args.get(2).map_or_else(std::env::temp_dir, Into::into);
     let flags: Vec<&str> = args.iter().skip(3).map(String::as_str).collect();
     let fsync = !flags.contains(&"nofsync");
-    let modes: &[bool] = if flags.contains(&"prealloc=on") {
-        &[true]
+    let on = LogOptions::default().preallocate;
+    let modes: &[u64] = if flags.contains(&"prealloc=on") {
+        &[on]
     } else if flags.contains(&"prealloc=off") {
-        &[false]
+        &[0]
     } else {
-        &[false, true]
+        &[0, on]
     };
     let bodies: Vec<usize> = match flags.iter().find_map(|f| f.strip_prefix("body=")) {
         Some(b) => vec![b.parse().expect("body size")],
@@ -54,24 +55,21 @@ fn main() {
         for publishers in [1usize, 16, 256] {
             for &prealloc in modes {
                 let dir = tempfile::tempdir_in(&base).unwrap();
-                let log = TopicLog::open_with(
+                let log = TopicLog::open(
                     dir.path(),
                     LogOptions {
                         fsync,
+                        preallocate: prealloc,
                         ..LogOptions::default()
                     },
-                    prealloc,
                 )
                 .unwrap();
-                if prealloc {
-                    warm_up(&log, dir.path(), &runtime);
-                }
                 let (rate, hist) = runtime.block_on(publish(&log, publishers, body, secs));
                 println!(
                     "{:>6} {:>5} {:>8} {:>12.0} {:>9} {:>9} {:>9} {:>9}",
                     body,
                     publishers,
-                    if prealloc { "on" } else { "off" },
+                    if prealloc > 0 { "on" } else { "off" },
                     rate,
                     hist.value_at_quantile(0.50),
                     hist.value_at_quantile(0.99),
@@ -85,24 +83,6 @@ fn main() {
             }
         }
     }
-}
-
-/// A fresh log starts on a plain segment and moves to a pre-allocated one
-/// once its first spare is ready: start measuring from there.
-fn warm_up(log: &TopicLog, dir: &Path, runtime: &tokio::runtime::Runtime) {
-    let record = || AppendRecord {
-        id: "warm-up".into(),
-        ..AppendRecord::default()
-    };
-    runtime.block_on(log.append(vec![record()])).unwrap();
-    let t = Instant::now();
-    while !dir.join("spare.prep").exists() && t.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    std::thread::sleep(Duration::from_millis(20));
-    // Rolls onto the spare; the next spare is then prepared in the background.
-    runtime.block_on(log.append(vec![record()])).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
 }
 
 async fn publish(

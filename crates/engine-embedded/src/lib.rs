@@ -39,13 +39,12 @@ pub struct EmbeddedConfig {
     /// How often retention limits are enforced.
     #[serde(with = "courier_core::types::millis")]
     pub retention_interval: Duration,
-    /// Keep each written topic's active segment as a pre-zeroed file plus a
-    /// zeroed spare, so commits overwrite blocks instead of growing the file.
-    /// Measured on ext4 (docs/benchmarks.md): publish p50 17–44% lower and
-    /// throughput 14–68% higher, p99 no better; it costs up to
-    /// 2 × `segment_bytes` of disk per written topic and writes every byte
-    /// twice, so it suits a few hot topics.
-    pub preallocate_segments: bool,
+    /// Zero-filled space kept ahead of each topic's writer in its active
+    /// segment, so commits overwrite blocks instead of growing the file (on
+    /// ext4 that spares each fsync an inode update; see docs/benchmarks.md).
+    /// Costs up to this much disk per written topic, and writes each byte of
+    /// the log twice. 0 turns it off; capped at `segment_bytes`.
+    pub preallocate_bytes: u64,
     /// How often expired leases are collected when nobody pulls (0 disables;
     /// pulls always collect them too).
     #[serde(with = "courier_core::types::millis")]
@@ -62,12 +61,20 @@ impl Default for EmbeddedConfig {
             max_message_bytes: 8 * 1024 * 1024,
             retention_interval: Duration::from_secs(1),
             tick_interval: Duration::from_millis(100),
-            preallocate_segments: false,
+            preallocate_bytes: log::DEFAULT_PREALLOCATE,
         }
     }
 }
 
 impl EmbeddedConfig {
+    pub(crate) fn log_options(&self) -> log::LogOptions {
+        log::LogOptions {
+            segment_bytes: self.segment_bytes,
+            fsync: self.fsync,
+            preallocate: self.preallocate_bytes,
+        }
+    }
+
     /// Refuses settings that cannot work, with a message saying which.
     pub fn validate(&self) -> courier_core::Result<()> {
         let bad = |msg: &str| {

@@ -228,10 +228,11 @@ async fn child_main(dir: PathBuf, round: u64, checkpoint: Duration, retry: Vec<S
     // The test harness has printed "test crash_child ... " without a newline:
     // end that line, so that every report starts a line of its own.
     emit("\n");
-    // Odd rounds pre-allocate segments, so recovery meets both kinds of tail
-    // (and switches between them from one round to the next).
+    // Odd rounds pre-allocate (little, so that zero-filling runs often and
+    // crashes land in it), even ones do not: recovery meets both kinds of
+    // tail, and switches between them from one round to the next.
     let config = EmbeddedConfig {
-        preallocate_segments: round % 2 == 1,
+        preallocate_bytes: if round % 2 == 1 { 64 << 10 } else { 0 },
         ..engine_config(&dir, true, checkpoint)
     };
     let engine = EmbeddedEngine::open(config)

@@ -14,6 +14,7 @@ fn opts(segment_bytes: u64) -> LogOptions {
     LogOptions {
         segment_bytes,
         fsync: false,
+        ..LogOptions::default()
     }
 }
 
@@ -285,6 +286,7 @@ async fn concurrent_appends_get_unique_contiguous_seqs() {
         LogOptions {
             segment_bytes: 4096,
             fsync: true,
+            ..LogOptions::default()
         },
     )
     .unwrap();

@@ -3,7 +3,8 @@
 //! the damage, nothing after it, and continue with the right seqs.
 //!
 //! Every case runs on plain segments and on pre-allocated ones (a last segment
-//! with a zero tail, where damage is written into the tail instead of cut off).
+//! with a zero tail, where damage is written into the tail and must be zeroed
+//! rather than cut off).
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
@@ -12,10 +13,11 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use courier_embedded::log::{AppendRecord, LogOptions, TopicLog};
 
-fn opts(segment_bytes: u64) -> LogOptions {
+fn opts(segment_bytes: u64, preallocate: u64) -> LogOptions {
     LogOptions {
         segment_bytes,
         fsync: true,
+        preallocate,
     }
 }
 
@@ -31,12 +33,17 @@ fn rec(i: u64) -> AppendRecord {
 #[derive(Clone, Copy, Debug)]
 struct Layout {
     segment_bytes: u64,
-    prealloc: bool,
+    /// Zero-filled space ahead of the writer; 0 for plain segments.
+    preallocate: u64,
 }
 
 impl Layout {
     fn open(&self, dir: &Path) -> TopicLog {
-        TopicLog::open_with(dir, opts(self.segment_bytes), self.prealloc).unwrap()
+        TopicLog::open(dir, opts(self.segment_bytes, self.preallocate)).unwrap()
+    }
+
+    fn prealloc(&self) -> bool {
+        self.preallocate > 0
     }
 }
 
@@ -100,10 +107,9 @@ fn frame_starts(path: &Path) -> (Vec<u64>, u64) {
 }
 
 /// Writes at least `n` records to a fresh log in `dir`, and more until its
-/// last segment holds three (segments can be rolled early, when a spare
-/// becomes ready), closes it, and returns the base seq of its last segment and
-/// that segment. With pre-allocation, the last segment is made to have a zero
-/// tail (it may be a plain file, when no spare was ready at its roll).
+/// last segment holds three, closes it, and returns the base seq of its last
+/// segment and that segment. With pre-allocation, the last segment is made to
+/// have a zero tail of at least 4 KiB (the zero-filling may not have run yet).
 async fn build(dir: &Path, n: u64, layout: Layout) -> (u64, Seg) {
     let log = layout.open(dir);
     let mut i = 1;
@@ -115,12 +121,11 @@ async fn build(dir: &Path, n: u64, layout: Layout) -> (u64, Seg) {
     let path = last_segment(dir);
     let base = path.file_stem().unwrap().to_str().unwrap().parse().unwrap();
     let (starts, end) = frame_starts(&path);
-    if layout.prealloc {
+    if layout.prealloc() {
         let file = OpenOptions::new().write(true).open(&path).unwrap();
         let len = file.metadata().unwrap().len();
-        if len < layout.segment_bytes {
-            assert_eq!(len, end);
-            let zeros = vec![0u8; (layout.segment_bytes - len) as usize];
+        if len < end + 4096 {
+            let zeros = vec![0u8; (end + 4096 - len) as usize];
             file.write_all_at(&zeros, len).unwrap();
         }
     } else {
@@ -130,7 +135,7 @@ async fn build(dir: &Path, n: u64, layout: Layout) -> (u64, Seg) {
         path,
         starts,
         end,
-        prealloc: layout.prealloc,
+        prealloc: layout.prealloc(),
     };
     (base, seg)
 }
@@ -144,7 +149,7 @@ async fn check_recovered(dir: &Path, intact: u64, layout: Layout) {
     assert_eq!(log.next_seq(), intact + 1, "records kept");
     let (_, end) = frame_starts(&seg_path);
     let bytes = std::fs::read(&seg_path).unwrap();
-    if layout.prealloc && len_before >= layout.segment_bytes {
+    if layout.prealloc() {
         // Not cut: the tail is free space again, and only zeros.
         assert_eq!(
             bytes.len() as u64,
@@ -185,11 +190,11 @@ async fn each_layout<F>(damage: F)
 where
     F: Fn(&Seg) -> usize,
 {
-    for prealloc in [false, true] {
+    for preallocate in [0, 1 << 20] {
         for segment_bytes in [1 << 20, 400] {
             let layout = Layout {
                 segment_bytes,
-                prealloc,
+                preallocate,
             };
             let dir = tempfile::tempdir().unwrap();
             let (base, seg) = build(dir.path(), 40, layout).await;
@@ -271,8 +276,8 @@ async fn garbage_and_zeros_after_the_end() {
 }
 
 /// A plain last segment cut to nothing, or a pre-allocated one that holds
-/// only zeros: what a crash right after a roll leaves (the spare renamed into
-/// place, nothing written to it yet).
+/// only zeros: what a crash right after a roll leaves (zeros filled ahead,
+/// no record written yet).
 #[tokio::test]
 async fn empty_last_segment_file() {
     each_layout(|seg| {
@@ -313,7 +318,7 @@ fn frame(seq: u64, published_at: u64, r: &AppendRecord) -> Vec<u8> {
 async fn torn_write_cannot_resurface_after_later_appends() {
     let layout = Layout {
         segment_bytes: 1 << 20,
-        prealloc: true,
+        preallocate: 1 << 20,
     };
     let dir = tempfile::tempdir().unwrap();
     let (_, seg) = build(dir.path(), 10, layout).await;

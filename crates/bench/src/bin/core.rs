@@ -1,10 +1,10 @@
 //! The embedded engine in-process, fsync on: publish, pull+ack, memory with a
 //! large backlog, and restart time.
 //!
-//! `cargo run --release -p courier-bench --bin core -- [--quick] [--secs N] [--dir DIR] [--backlog N] [--preallocate] [--no-fsync] [--only publish|pull|memory]`
+//! `cargo run --release -p courier-bench --bin core -- [--quick] [--secs N] [--dir DIR] [--backlog N] [--preallocate BYTES] [--no-fsync] [--only publish|pull|memory]`
 //!
-//! `--preallocate` opens every engine (children included) with
-//! `EmbeddedConfig::preallocate_segments` on.
+//! `--preallocate BYTES` opens every engine (children included) with
+//! `EmbeddedConfig::preallocate_bytes` set to BYTES (0 turns it off).
 //!
 //! The backlog and the restart run in child processes (this program started
 //! again with a hidden `__backlog` / `__reopen` argument), so their memory
@@ -22,6 +22,7 @@ use courier_bench::machine::CpuMeter;
 use courier_bench::report::{count, goals_table, mib, micros, Goal, Table};
 use courier_bench::{body, inproc, machine, Options};
 use courier_core::Engine;
+use courier_embedded::EmbeddedConfig;
 
 const BODIES: [usize; 2] = [256, 4096];
 const PUBLISHERS: [usize; 3] = [1, 16, 256];
@@ -40,12 +41,17 @@ fn main() -> Result<()> {
     }
     let options = Options::parse(args)?;
     let mut backlog: u64 = if options.quick { 100_000 } else { 10_000_000 };
-    let mut preallocate = false;
+    let mut preallocate = EmbeddedConfig::default().preallocate_bytes;
     let mut rest = options.rest.iter();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
             "--backlog" => backlog = rest.next().context("--backlog needs a count")?.parse()?,
-            "--preallocate" => preallocate = true,
+            "--preallocate" => {
+                preallocate = rest
+                    .next()
+                    .context("--preallocate needs a size in bytes")?
+                    .parse()?
+            }
             other => bail!("unknown argument '{other}'; see docs/benchmarks.md"),
         }
     }
@@ -55,14 +61,7 @@ fn main() -> Result<()> {
     if !options.fsync {
         println!("- **fsync OFF** (--no-fsync): an experiment, not a durable figure");
     }
-    println!(
-        "- engine: preallocate_segments {}",
-        if preallocate {
-            "**ON** (--preallocate)"
-        } else {
-            "off (the default)"
-        }
-    );
+    println!("- engine: preallocate_bytes {preallocate} (--preallocate BYTES)");
     println!(
         "- each timed case: {:?}; pull+ack backlog {}; memory backlog {}\n",
         options.case_time,
@@ -106,18 +105,13 @@ fn latency_cells(o: &Outcome) -> [String; 4] {
 /// (a) Publishers each publishing one message per call, fresh engine per case.
 async fn publish_section(
     options: &Options,
-    preallocate: bool,
+    preallocate: u64,
     goals: &mut Vec<(Goal, String)>,
 ) -> Result<()> {
     let mut table = Table::new(
         &format!(
-            "Publish, one message per call (in-process, {}{})",
+            "Publish, one message per call (in-process, {}, preallocate_bytes {preallocate})",
             fsync_text(options),
-            if preallocate {
-                ", preallocate_segments on"
-            } else {
-                ""
-            }
         ),
         [
             "case",
@@ -194,7 +188,7 @@ async fn publish_section(
 /// gets every message; the rate counts deliveries of all of them).
 async fn pull_section(
     options: &Options,
-    preallocate: bool,
+    preallocate: u64,
     prefill: u64,
     goals: &mut Vec<(Goal, String)>,
 ) -> Result<()> {
@@ -272,7 +266,7 @@ async fn pull_section(
 /// (c) and (d): builds the backlog in one child process, restarts on it in another.
 fn memory_section(
     options: &Options,
-    preallocate: bool,
+    preallocate: u64,
     backlog: u64,
     goals: &mut Vec<(Goal, String)>,
 ) -> Result<()> {
@@ -284,11 +278,7 @@ fn memory_section(
         BACKLOG_SUBSCRIPTIONS.len()
     );
     let fsync = if options.fsync { "fsync" } else { "no-fsync" };
-    let prealloc = if preallocate {
-        "prealloc"
-    } else {
-        "no-prealloc"
-    };
+    let prealloc = &preallocate.to_string();
     let built = run_child(&["__backlog", &data, &backlog.to_string(), fsync, prealloc])?;
     let on_disk = dir_size(dir.path())?;
     println!("restarting on it (child process)…");
@@ -440,29 +430,29 @@ fn dir_size(dir: &Path) -> Result<u64> {
     Ok(total)
 }
 
-/// What every child process is told: `DIR [COUNT] fsync|no-fsync prealloc|no-prealloc`.
+/// What every child process is told: `DIR [COUNT] fsync|no-fsync PREALLOCATE_BYTES`.
 struct ChildArgs {
     dir: PathBuf,
     fsync: bool,
-    preallocate: bool,
+    preallocate: u64,
 }
 
 impl ChildArgs {
     fn parse(args: &[String], name: &str) -> Result<ChildArgs> {
         let [dir, fsync, prealloc] = args else {
-            bail!("usage: {name} DIR fsync|no-fsync prealloc|no-prealloc")
+            bail!("usage: {name} DIR fsync|no-fsync PREALLOCATE_BYTES")
         };
         Ok(ChildArgs {
             dir: dir.into(),
             fsync: fsync == "fsync",
-            preallocate: prealloc == "prealloc",
+            preallocate: prealloc.parse()?,
         })
     }
 
     /// The same with a message count after `DIR`.
     fn parse_with_count(args: &[String], name: &str) -> Result<(ChildArgs, u64)> {
         let [dir, n, rest @ ..] = args else {
-            bail!("usage: {name} DIR COUNT fsync|no-fsync prealloc|no-prealloc")
+            bail!("usage: {name} DIR COUNT fsync|no-fsync PREALLOCATE_BYTES")
         };
         let flags: Vec<String> = std::iter::once(dir.clone())
             .chain(rest.iter().cloned())

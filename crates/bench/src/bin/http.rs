@@ -2,7 +2,7 @@
 //! (`XADD`, AOF with `appendfsync always`), both driven by this program's
 //! load generator; plus the same workloads in-process, for the cost of HTTP.
 //!
-//! `cargo build --release -p courier && cargo run --release -p courier-bench --bin http -- [--quick] [--secs N] [--dir DIR] [--courier PATH] [--redis-server PATH] [--no-fsync] [--only single-1|single-16|single-64|batch|pull] [--courier-only] [--preallocate]`
+//! `cargo build --release -p courier && cargo run --release -p courier-bench --bin http -- [--quick] [--secs N] [--dir DIR] [--courier PATH] [--redis-server PATH] [--no-fsync] [--only single-1|single-16|single-64|batch|pull] [--courier-only] [--preallocate BYTES]`
 //!
 //! The server binary is `--courier`, else `$COURIER_BIN`, else `courier` next
 //! to this program (the same target directory). Redis is `--redis-server`,
@@ -26,6 +26,7 @@ use courier_bench::machine::CpuMeter;
 use courier_bench::report::{count, goals_table, micros, Goal, Table};
 use courier_bench::{body, http, inproc, machine, resp, Options};
 use courier_core::Engine;
+use courier_embedded::EmbeddedConfig;
 
 const BODY: usize = 256;
 const SINGLE_CONNECTIONS: [usize; 3] = [1, 16, 64];
@@ -116,9 +117,9 @@ struct Programs {
     /// `--courier-only`: skip the in-process reference and Redis, for quick
     /// comparisons of server builds.
     courier_only: bool,
-    /// `--preallocate`: `engine.preallocate_segments` for the server and the
-    /// in-process reference.
-    preallocate: bool,
+    /// `--preallocate BYTES`: `engine.preallocate_bytes` for the server and
+    /// the in-process reference (else the engine's default).
+    preallocate: u64,
 }
 
 fn main() -> Result<()> {
@@ -134,9 +135,10 @@ fn main() -> Result<()> {
         println!("- **fsync OFF** (--no-fsync, Courier and in-process only): an experiment, not a durable figure");
     }
     println!("- courier: {}", programs.courier.display());
-    if programs.preallocate {
-        println!("- engine: preallocate_segments on (--preallocate), server and in-process");
-    }
+    println!(
+        "- engine: preallocate_bytes {} (--preallocate BYTES), server and in-process",
+        programs.preallocate
+    );
     match &programs.redis {
         Some(r) => println!("- redis: {} ({})", r.display(), redis_version(r)),
         None => println!("- redis: not found, Redis was skipped"),
@@ -176,12 +178,17 @@ fn find_programs(options: &Options) -> Result<Programs> {
     let mut courier = std::env::var_os("COURIER_BIN").map(PathBuf::from);
     let mut redis = std::env::var_os("REDIS_SERVER").map(PathBuf::from);
     let mut courier_only = false;
-    let mut preallocate = false;
+    let mut preallocate = EmbeddedConfig::default().preallocate_bytes;
     let mut rest = options.rest.iter();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
             "--courier-only" => courier_only = true,
-            "--preallocate" => preallocate = true,
+            "--preallocate" => {
+                preallocate = rest
+                    .next()
+                    .context("--preallocate needs a size in bytes")?
+                    .parse()?
+            }
             "--courier" => courier = Some(rest.next().context("--courier needs a path")?.into()),
             "--redis-server" => {
                 redis = Some(rest.next().context("--redis-server needs a path")?.into())
@@ -231,7 +238,7 @@ fn redis_version(path: &Path) -> String {
 async fn in_process(
     options: &Options,
     prefill: u64,
-    preallocate: bool,
+    preallocate: u64,
 ) -> Result<Vec<(Case, Outcome)>> {
     let dir = options.temp_dir("courier-bench-inproc-")?;
     let engine = inproc::open_with(dir.path(), options.fsync, preallocate).await?;
@@ -326,11 +333,12 @@ async fn courier_http(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log);
-    if programs.preallocate {
-        let config = dir.path().join("courier.toml");
-        std::fs::write(&config, "[engine]\npreallocate_segments = true\n")?;
-        command.arg("--config").arg(config);
-    }
+    let config = dir.path().join("courier.toml");
+    std::fs::write(
+        &config,
+        format!("[engine]\npreallocate_bytes = {}\n", programs.preallocate),
+    )?;
+    command.arg("--config").arg(config);
     for (var, _) in std::env::vars_os() {
         if var.to_string_lossy().starts_with("COURIER_") {
             command.env_remove(var);

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::journal::Journal;
-use crate::log::{LogOptions, TopicLog};
+use crate::log::TopicLog;
 use crate::meta::{Meta, MetaStore, SubscriptionMeta};
 use crate::subscription::{JournalEntry, Subscription};
 use crate::topic::Topic;
@@ -190,11 +190,7 @@ impl EmbeddedEngine {
                 Err(Error::TopicExists(name.to_string()))
             };
         }
-        let log = TopicLog::open_with(
-            &topic_dir(&self.config, name),
-            self.log_options(),
-            self.config.preallocate_segments,
-        )?;
+        let log = TopicLog::open(&topic_dir(&self.config, name), self.config.log_options())?;
         let topic = Arc::new(Topic::new(name.to_string(), config.clone(), log));
         meta.topics.insert(name.to_string(), config);
         self.store.save(meta)?;
@@ -203,13 +199,6 @@ impl EmbeddedEngine {
             .topics
             .insert(name.to_string(), topic.clone());
         Ok(topic)
-    }
-
-    fn log_options(&self) -> LogOptions {
-        LogOptions {
-            segment_bytes: self.config.segment_bytes,
-            fsync: self.config.fsync,
-        }
     }
 }
 

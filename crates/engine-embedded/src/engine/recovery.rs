@@ -12,17 +12,9 @@ pub(super) fn recover(
 ) -> Result<Recovered> {
     std::fs::create_dir_all(dir)?;
     let (store, meta) = MetaStore::open(dir)?;
-    let options = LogOptions {
-        segment_bytes: config.segment_bytes,
-        fsync: config.fsync,
-    };
     let mut registry = Registry::default();
     for (name, topic_config) in &meta.topics {
-        let log = TopicLog::open_with(
-            &topic_dir(config, name),
-            options.clone(),
-            config.preallocate_segments,
-        )?;
+        let log = TopicLog::open(&topic_dir(config, name), config.log_options())?;
         let topic = Topic::new(name.clone(), topic_config.clone(), log);
         topic.recover_dedup(clock.now(), store.load_dedup(name)?)?;
         registry.topics.insert(name.clone(), Arc::new(topic));

@@ -14,22 +14,16 @@
 //! - Memory per topic is the active segment's index (4 bytes per record) plus
 //!   a few bytes per segment; sealed segments are read through their index files.
 //!
-//! Pre-allocation (off unless asked for, see [`TopicLog::open_with`]): the active
-//! segment is normally a pre-zeroed file of `segment_bytes`, and a spare one
-//! is kept ready (`spare.prep`) by a short-lived preparer thread, so that
-//! commits overwrite existing blocks: on file systems where an `fdatasync`
-//! that extends a file must also write its inode (ext4, notably without a
-//! journal), this roughly halves the commit latency. The log's logical end is
-//! then the end of its last intact record, not the file size.
-//!
-//! Disk use: besides its records and indexes, a topic holds at most one
-//! pre-zeroed active segment (its unused tail, up to `segment_bytes`) and one
-//! spare of `segment_bytes`; [`TopicLog::usage`] counts record and index bytes
-//! only. A spare is prepared only once the log is appended to after an open
-//! (one left by an earlier run is reused), so idle topics cost no zero-filling;
-//! opening with `preallocate` off cuts the tail and deletes the spare. Each
-//! segment's bytes are written twice (zeros, then records): the disk needs
-//! twice the log's write bandwidth.
+//! Pre-allocation ([`LogOptions::preallocate`], on by default): the writer
+//! keeps zero-filled file space ahead of itself in the active segment, filled
+//! and synced by a short-lived thread a few hundred KiB at a time, so that
+//! commits overwrite existing blocks: on file systems where an `fdatasync` that
+//! extends a file must also write its inode (ext4, notably), this cuts the
+//! commit latency by about a third. The log's logical end is then the end of
+//! its last intact record, not the file size. Disk use: at most `preallocate`
+//! bytes of zeros per topic beyond its records ([`TopicLog::usage`] counts
+//! records and indexes only); idle topics cost no zero-filling, since filling
+//! follows commits; each byte of the log is written twice (zeros, then records).
 
 pub(crate) mod frame;
 mod record;
@@ -65,13 +59,22 @@ pub struct LogOptions {
     pub segment_bytes: u64,
     /// fdatasync before acknowledging an append.
     pub fsync: bool,
+    /// Zero-filled file space kept ahead of the writer in the active segment
+    /// (see the module docs), capped at `segment_bytes`; 0 lets the file grow
+    /// with each append instead.
+    pub preallocate: u64,
 }
+
+/// Enough to stay ahead of a writer at 100 MB/s with fills of ~0.5 MiB, few
+/// enough to be negligible on disk even with thousands of written topics.
+pub const DEFAULT_PREALLOCATE: u64 = 1 << 20;
 
 impl Default for LogOptions {
     fn default() -> Self {
         Self {
             segment_bytes: 64 * 1024 * 1024,
             fsync: true,
+            preallocate: DEFAULT_PREALLOCATE,
         }
     }
 }
@@ -112,8 +115,6 @@ struct Inner {
 struct Shared {
     dir: PathBuf,
     opts: LogOptions,
-    /// Keep the active segment pre-allocated (see the module docs).
-    preallocate: bool,
     state: RwLock<State>,
     cache: segment::Cache,
     watch: watch::Sender<Seq>,
@@ -201,24 +202,18 @@ impl ChunkFile {
 }
 
 impl TopicLog {
-    /// Opens or creates the log in `dir`, with segments that grow with each
-    /// append (see [`TopicLog::open_with`]).
-    pub fn open(dir: &Path, opts: LogOptions) -> Result<TopicLog> {
-        Self::open_with(dir, opts, false)
-    }
-
-    /// Opens or creates the log in `dir`; `preallocate` chooses whether the
-    /// active segment is a pre-zeroed file (see the module docs) or a file
-    /// that grows with each append.
+    /// Opens or creates the log in `dir`.
     ///
     /// Recovery reads only the last segment: it keeps the records whose
     /// checksums match and whose seqs follow on. What follows them is either
-    /// cut off, or, in a pre-allocated segment, overwritten with zeros where
-    /// it is not zeros already (so a torn write is never served, and cannot
-    /// later pass for records once appends have overwritten part of it).
-    pub fn open_with(dir: &Path, opts: LogOptions, preallocate: bool) -> Result<TopicLog> {
+    /// cut off, or, with pre-allocation, overwritten with zeros where it is not
+    /// zeros already (so a torn write is never served, and cannot later pass
+    /// for records once appends have overwritten part of it).
+    pub fn open(dir: &Path, opts: LogOptions) -> Result<TopicLog> {
+        let segment_bytes = opts.segment_bytes.clamp(1, MAX_SEGMENT_BYTES);
         let opts = LogOptions {
-            segment_bytes: opts.segment_bytes.clamp(1, MAX_SEGMENT_BYTES),
+            segment_bytes,
+            preallocate: opts.preallocate.min(segment_bytes),
             ..opts
         };
         fs::create_dir_all(dir)?;
@@ -239,9 +234,9 @@ impl TopicLog {
         // Size of the active file: more than the records when pre-allocated.
         let mut capacity = scanned.file_len;
         if scanned.valid_len < scanned.file_len {
-            if preallocate && scanned.file_len >= opts.segment_bytes {
-                // A pre-allocated segment: the tail is free space, and must be
-                // zeros so that nothing in it can ever pass for records.
+            if opts.preallocate > 0 {
+                // The tail is free space, and must be zeros so that nothing
+                // in it can ever pass for records.
                 let wiped = segment::wipe_tail(&file, scanned.valid_len, scanned.file_len)?;
                 if wiped > 0 {
                     tracing::warn!(
@@ -268,7 +263,6 @@ impl TopicLog {
                 capacity = scanned.valid_len;
             }
         }
-        let spare = segment::open_spare(dir, preallocate, opts.segment_bytes)?;
         // The active segment's index lives in memory; a stale file would only mislead.
         match fs::remove_file(segment::idx_path(dir, last)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
@@ -301,7 +295,6 @@ impl TopicLog {
             dir: dir.to_path_buf(),
             cache: segment::Cache::new(dir.to_path_buf(), opts.fsync),
             opts,
-            preallocate,
             state: RwLock::new(state),
             watch: watch::Sender::new(next_seq),
             retention: Mutex::new(()),
@@ -319,7 +312,7 @@ impl TopicLog {
             None if next_seq > first_seq => log.published_at(next_seq - 1).unwrap_or(0),
             None => 0,
         };
-        let writer = Writer::new(shared, last_published, capacity, spare);
+        let writer = Writer::new(shared, last_published, capacity);
         std::thread::Builder::new()
             .name("courier-log-writer".into())
             .spawn(move || writer.run(rx))?;
@@ -638,8 +631,8 @@ impl TopicLog {
 
     /// (messages retained, bytes of records and indexes). This is the size of
     /// the segment and index files on disk, except that the active segment
-    /// counts only its records: with pre-allocation its file is larger, and a
-    /// spare file of `segment_bytes` may exist besides (see the module docs).
+    /// counts only its records: with pre-allocation its file is larger (see
+    /// the module docs).
     pub fn usage(&self) -> (u64, u64) {
         let st = self.inner.shared.state.read();
         let sealed: u64 = st.sealed.iter().map(|s| s.log_len + s.idx_len).sum();

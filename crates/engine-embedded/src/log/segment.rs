@@ -8,18 +8,16 @@
 //! lives in memory (it is rebuilt by scanning on open), so recovery reads one
 //! segment whatever the size of the log.
 //!
-//! Pre-allocation (when enabled): the active segment is usually a file that
-//! was created at its full size and filled with zeros (written, not just
-//! `fallocate`d, and fsynced) before it was needed, so that an append
-//! overwrites existing blocks and its `fdatasync` need not write the inode.
-//! Its records end at the first frame that does not check (zeros never do, see
-//! [`frame`]); the rest of the file is free space. The next such file is
-//! prepared in the background as [`SPARE`] (written as [`SPARE_TMP`], renamed
-//! once complete and synced, so a [`SPARE`] file found on open is all zeros)
-//! and renamed into place when the writer rolls. A segment is truncated to its
-//! records when it is sealed, so sealed segments look the same either way.
+//! Pre-allocation (on by default, see [`super::LogOptions::preallocate`]):
+//! the active segment's file usually extends past its records into space that
+//! was filled with zeros (written, not just `fallocate`d, and fsynced) before
+//! it was needed, so that an append overwrites existing blocks and its
+//! `fdatasync` need not write the inode. Its records end at the first frame
+//! that does not check (zeros never do, see [`frame`]); the rest of the file is
+//! free space. A segment is truncated to its records when it is sealed, so
+//! sealed segments look the same either way.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -39,78 +37,33 @@ pub(crate) fn idx_path(dir: &Path, base: Seq) -> PathBuf {
     dir.join(format!("{base:020}.idx"))
 }
 
-/// A complete, zero-filled, synced spare segment file, ready to be renamed into place.
-pub(crate) const SPARE: &str = "spare.prep";
-/// A spare segment file being zero-filled; deleted on open.
-pub(crate) const SPARE_TMP: &str = "spare.zeroing";
-
-/// Zeros written per call while filling a spare or wiping a torn tail.
+/// Zeros written per call while zero-filling or wiping a torn tail.
 const ZERO_CHUNK: usize = 256 << 10;
 static ZEROS: [u8; ZERO_CHUNK] = [0; ZERO_CHUNK];
-/// While filling a spare, flush every this many bytes, so writeback comes in
-/// small steps rather than bursts that queue ahead of the log's fsyncs (with
-/// 4 MiB, commits right after a roll often took 2-7 ms instead of ~0.2).
-const SPARE_SYNC_EVERY: u64 = 256 << 10;
+/// While zero-filling, flush every this many bytes, so writeback comes in
+/// small steps rather than bursts that queue ahead of the log's own fsyncs
+/// (with 4 MiB, commits next to a fill often took 2-7 ms instead of ~0.2).
+const SYNC_EVERY: u64 = 256 << 10;
 
-/// Creates a spare segment file of `size` zero bytes, synced, named [`SPARE`].
-/// Stops early (and removes its temporary file) when `cancel` is set or on error.
-pub(crate) fn prepare_spare(dir: &Path, size: u64, cancel: &AtomicBool) -> io::Result<File> {
-    let tmp = dir.join(SPARE_TMP);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)?;
-    let filled = (|| {
-        let mut at = 0u64;
-        let mut synced = 0u64;
-        while at < size {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled"));
-            }
-            let n = (size - at).min(ZERO_CHUNK as u64) as usize;
-            file.write_all_at(&ZEROS[..n], at)?;
-            at += n as u64;
-            if at - synced >= SPARE_SYNC_EVERY {
-                file.sync_data()?;
-                synced = at;
-            }
+/// Writes zeros over `file[from..to]` and syncs them (growing the file if it
+/// ends before `to`). Stops early with [`io::ErrorKind::Interrupted`] once
+/// `cancel` is set. The caller must not write to that range meanwhile.
+pub(crate) fn zero_fill(file: &File, from: u64, to: u64, cancel: &AtomicBool) -> io::Result<()> {
+    let mut at = from;
+    let mut synced = from;
+    while at < to {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled"));
         }
-        file.sync_all()?;
-        fs::rename(&tmp, dir.join(SPARE))
-    })();
-    match filled {
-        Ok(()) => Ok(file),
-        Err(e) => {
-            let _ = fs::remove_file(&tmp);
-            Err(e)
+        let n = (to - at).min(ZERO_CHUNK as u64) as usize;
+        file.write_all_at(&ZEROS[..n], at)?;
+        at += n as u64;
+        if at - synced >= SYNC_EVERY || at == to {
+            file.sync_data()?;
+            synced = at;
         }
     }
-}
-
-/// On open: removes a spare left half-filled, and returns the complete spare
-/// left by an earlier run if it is wanted and of the right size (else removes it).
-pub(crate) fn open_spare(dir: &Path, preallocate: bool, size: u64) -> io::Result<Option<File>> {
-    remove_if_exists(&dir.join(SPARE_TMP))?;
-    let path = dir.join(SPARE);
-    if preallocate {
-        match OpenOptions::new().read(true).write(true).open(&path) {
-            Ok(file) if file.metadata()?.len() == size => return Ok(Some(file)),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        }
-    }
-    remove_if_exists(&path)?;
-    Ok(None)
-}
-
-pub(crate) fn remove_if_exists(path: &Path) -> io::Result<()> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
+    Ok(())
 }
 
 /// Overwrites with zeros whatever is not zero in `file[from..to]` (the tail of

@@ -11,13 +11,17 @@
 //! It is a plain thread rather than a tokio task because it spends its life in
 //! blocking syscalls (`pwrite`, `fdatasync`).
 //!
-//! With pre-allocation, it also owns the spare segment file: once the log has
-//! been appended to, it has a short-lived thread zero-fill the next segment
-//! file ([`segment::prepare_spare`]) and renames it into place when it rolls.
-//! If none is ready then, the new segment is a plain file that grows as it is
-//! written, and is left for a spare (rolled early) as soon as one is ready.
+//! With pre-allocation it also keeps zero-filled space ahead of itself in the
+//! active segment: after a commit leaves less than half of
+//! [`LogOptions::preallocate`](super::LogOptions::preallocate) ahead, a
+//! short-lived thread zero-fills and syncs the next stretch
+//! ([`segment::zero_fill`]). That stretch starts a quarter of it past the
+//! writer's end, and the writer never writes into a stretch being filled: a
+//! commit that would reach it first stops the fill (and so waits for at most
+//! one 256 KiB step). A stretch left unfilled that way, or a gap between the
+//! end and a stretch, is written as in a plain file: slower, not wrong.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,9 +41,9 @@ use super::{record, replier, Active, AppendRecord, Appended, SealedInfo, Shared}
 /// does not delay its first publishers behind an unbounded write.
 const GROUP_BYTES: usize = 4 << 20;
 
-/// After preparing a spare failed (say the disk is full), wait this long
-/// before trying again; segments are plain files meanwhile.
-const SPARE_RETRY: Duration = Duration::from_secs(10);
+/// After zero-filling failed (say the disk is full), wait this long before
+/// trying again; the segment grows as it is written meanwhile.
+const ZERO_FILL_RETRY: Duration = Duration::from_secs(10);
 
 pub(super) enum Cmd {
     Append {
@@ -49,17 +53,17 @@ pub(super) enum Cmd {
     Close(oneshot::Sender<Result<()>>),
 }
 
-/// The next segment file, zero-filled off the writer thread.
-enum Spare {
-    /// Not wanted yet (nothing appended since open), or taken, or preparing
-    /// it failed and is not to be tried again before `retry`.
+/// Zero-filling of the active segment ahead of the writer, off its thread.
+enum ZeroFill {
+    /// None under way; after a failure, none starts before `retry`.
     Idle { retry: Option<Instant> },
-    Preparing {
-        job: JoinHandle<io::Result<File>>,
+    /// A thread writes and syncs zeros over `from..to` of the active file.
+    Running {
+        job: JoinHandle<io::Result<()>>,
+        from: u64,
+        to: u64,
         cancel: Arc<AtomicBool>,
     },
-    /// Complete and synced, named [`segment::SPARE`].
-    Ready(File),
 }
 
 pub(super) struct Writer {
@@ -68,10 +72,10 @@ pub(super) struct Writer {
     base: Seq,
     /// Length of the active segment that is written and synced.
     durable_len: u64,
-    /// Size of the active segment's file: beyond `durable_len` when it was
-    /// pre-allocated (the rest is zeros).
+    /// End of the active file's space known to be zeros (or holes, which
+    /// read as zeros) or records: beyond `durable_len` when pre-allocated.
     capacity: u64,
-    spare: Spare,
+    zero_fill: ZeroFill,
     /// Records of the active segment that are durable.
     durable_count: u64,
     /// The seq the next staged record gets.
@@ -89,12 +93,7 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn new(
-        shared: Arc<Shared>,
-        last_published: Millis,
-        capacity: u64,
-        spare: Option<File>,
-    ) -> Writer {
+    pub(super) fn new(shared: Arc<Shared>, last_published: Millis, capacity: u64) -> Writer {
         let (file, base, len, count, next_seq) = {
             let st = shared.state.read();
             (
@@ -111,10 +110,7 @@ impl Writer {
             base,
             durable_len: len,
             capacity: capacity.max(len),
-            spare: match spare {
-                Some(file) => Spare::Ready(file),
-                None => Spare::Idle { retry: None },
-            },
+            zero_fill: ZeroFill::Idle { retry: None },
             durable_count: count,
             next_seq,
             buf: Vec::with_capacity(1 << 20),
@@ -145,7 +141,7 @@ impl Writer {
             self.commit();
             if let Some(reply) = closing {
                 // Before answering: the directory may be removed right after.
-                self.stop_spare();
+                self.finish_zero_fill(true);
                 let result = match &self.failed {
                     Some(why) => Err(Error::Storage(why.clone())),
                     None => Ok(()),
@@ -173,23 +169,13 @@ impl Writer {
             let _ = reply.send(Err(Error::Storage(why.clone())));
             return;
         }
-        self.want_spare();
         let pending = self.durable_count + self.positions.len() as u64;
-        let segment_bytes = self.shared.opts.segment_bytes;
-        let full = pending > 0 && self.durable_len + self.buf.len() as u64 >= segment_bytes;
-        // A segment that grows as it is written (no spare was ready when it
-        // began) gives way to a spare as soon as one is.
-        let early =
-            !full && self.shared.preallocate && self.capacity < segment_bytes && self.spare_ready();
-        if full || early {
+        let full = pending > 0
+            && self.durable_len + self.buf.len() as u64 >= self.shared.opts.segment_bytes;
+        if full {
             self.commit();
             if self.failed.is_none() {
-                let rolled = if pending > 0 {
-                    self.roll()
-                } else {
-                    self.replace_empty_active()
-                };
-                if let Err(e) = rolled {
+                if let Err(e) = self.roll() {
                     self.fail(format!("rolling segment failed: {e}"));
                 }
             }
@@ -234,6 +220,10 @@ impl Writer {
         if self.buf.is_empty() {
             return;
         }
+        let end = self.durable_len + self.buf.len() as u64;
+        if matches!(self.zero_fill, ZeroFill::Running { from, .. } if end > from) {
+            self.finish_zero_fill(true);
+        }
         let written = self
             .file
             .write_all_at(&self.buf, self.durable_len)
@@ -266,6 +256,7 @@ impl Writer {
         let capacity = self.waiting.len();
         let batch = std::mem::replace(&mut self.waiting, Vec::with_capacity(capacity));
         replier::answer(batch);
+        self.zero_ahead();
     }
 
     /// Seals the active segment (its data is already synced by `commit`) and
@@ -274,17 +265,25 @@ impl Writer {
     /// trust every segment but the last.
     fn roll(&mut self) -> Result<()> {
         let fsync = self.shared.opts.fsync;
-        if self.capacity > self.durable_len {
+        self.finish_zero_fill(true);
+        if self.file.metadata()?.len() > self.durable_len {
             self.file.set_len(self.durable_len)?;
             if fsync {
                 self.file.sync_all()?;
             }
-            self.capacity = self.durable_len;
         }
         let positions = self.shared.state.read().active.positions.clone();
         segment::write_index(&self.shared.dir, self.base, &positions, fsync)?;
         let base = self.next_seq;
-        let (file, capacity) = self.new_segment_file(base, false)?;
+        let path = log_path(&self.shared.dir, base);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        if fsync {
+            segment::sync_dir(&self.shared.dir)?;
+        }
         let file = Arc::new(file);
         {
             let mut st = self.shared.state.write();
@@ -307,136 +306,94 @@ impl Writer {
         self.file = file;
         self.base = base;
         self.durable_len = 0;
-        self.capacity = capacity;
+        self.capacity = 0;
         self.durable_count = 0;
-        self.want_spare();
         Ok(())
     }
 
-    /// Replaces the active segment, which holds no record and is a plain
-    /// file, by the spare. The rename is atomic: a crash leaves one empty
-    /// segment file or the other.
-    fn replace_empty_active(&mut self) -> Result<()> {
-        let (file, capacity) = self.new_segment_file(self.base, true)?;
-        let file = Arc::new(file);
-        self.shared.state.write().active.file = file.clone();
-        self.file = file;
-        self.capacity = capacity;
-        self.want_spare();
-        Ok(())
-    }
-
-    /// The file of segment `base`, durably named: the spare if one is ready
-    /// (returned with its size), else a new empty file. `replace` allows
-    /// replacing an existing (empty) file of that name.
-    fn new_segment_file(&mut self, base: Seq, replace: bool) -> Result<(File, u64)> {
-        let shared = self.shared.clone();
-        let dir = &shared.dir;
-        let path = log_path(dir, base);
-        let made = match self.take_spare() {
-            Some(spare) => {
-                if !replace && fs::symlink_metadata(&path).is_ok() {
-                    return Err(Error::Storage(format!(
-                        "segment file {} already exists",
-                        path.display()
-                    )));
-                }
-                let len = spare.metadata()?.len();
-                fs::rename(dir.join(segment::SPARE), &path)?;
-                (spare, len)
-            }
-            None => {
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create_new(true)
-                    .open(&path)?;
-                (file, 0)
-            }
-        };
-        if shared.opts.fsync {
-            segment::sync_dir(dir)?;
-        }
-        Ok(made)
-    }
-
-    /// Starts preparing a spare if pre-allocation is on and there is none.
-    fn want_spare(&mut self) {
-        if !self.shared.preallocate {
+    /// Starts zero-filling the next stretch of the active segment if
+    /// pre-allocation is on and less than half of it is left ahead.
+    fn zero_ahead(&mut self) {
+        let ahead = self.shared.opts.preallocate;
+        if ahead == 0 {
             return;
         }
-        let Spare::Idle { retry } = &self.spare else {
+        self.finish_zero_fill(false);
+        let ZeroFill::Idle { retry } = &self.zero_fill else {
             return;
         };
         if retry.is_some_and(|t| Instant::now() < t) {
             return;
         }
+        let end = self.durable_len;
+        if self.capacity >= end + ahead / 2 {
+            return;
+        }
+        // A quarter ahead of the end, so that the commits made while the
+        // zeros are written do not reach them (they would have to stop them).
+        let from = self.capacity.max(end + ahead / 4);
+        let to = (end + ahead).min(self.shared.opts.segment_bytes);
+        if from >= to {
+            return;
+        }
         let cancel = Arc::new(AtomicBool::new(false));
         let stop = cancel.clone();
-        let dir = self.shared.dir.clone();
-        let size = self.shared.opts.segment_bytes;
+        let file = self.file.clone();
         let spawned = std::thread::Builder::new()
-            .name("courier-log-spare".into())
-            .spawn(move || segment::prepare_spare(&dir, size, &stop));
+            .name("courier-log-zero".into())
+            .spawn(move || segment::zero_fill(&file, from, to, &stop));
         match spawned {
-            Ok(job) => self.spare = Spare::Preparing { job, cancel },
-            Err(e) => self.spare_failed(e),
-        }
-    }
-
-    /// Whether a spare is ready, collecting a finished preparation.
-    fn spare_ready(&mut self) -> bool {
-        if matches!(&self.spare, Spare::Preparing { job, .. } if job.is_finished()) {
-            let Spare::Preparing { job, .. } =
-                std::mem::replace(&mut self.spare, Spare::Idle { retry: None })
-            else {
-                unreachable!("checked above");
-            };
-            match job.join() {
-                Ok(Ok(file)) => self.spare = Spare::Ready(file),
-                Ok(Err(e)) => self.spare_failed(e),
-                Err(_) => self.spare_failed(io::Error::other("the preparer panicked")),
+            Ok(job) => {
+                self.zero_fill = ZeroFill::Running {
+                    job,
+                    from,
+                    to,
+                    cancel,
+                }
             }
-        }
-        matches!(self.spare, Spare::Ready(_))
-    }
-
-    fn take_spare(&mut self) -> Option<File> {
-        if !self.spare_ready() {
-            return None;
-        }
-        match std::mem::replace(&mut self.spare, Spare::Idle { retry: None }) {
-            Spare::Ready(file) => Some(file),
-            _ => unreachable!("checked by spare_ready"),
+            Err(e) => self.zero_fill_failed(e),
         }
     }
 
-    fn spare_failed(&mut self, e: io::Error) {
+    /// Collects a zero-fill that has finished, or with `stop`, one under way
+    /// (stopping it first). Afterwards nothing else writes to the file.
+    fn finish_zero_fill(&mut self, stop: bool) {
+        let ZeroFill::Running { job, cancel, .. } = &self.zero_fill else {
+            return;
+        };
+        if !stop && !job.is_finished() {
+            return;
+        }
+        cancel.store(true, Ordering::Relaxed);
+        let ZeroFill::Running { job, to, .. } =
+            std::mem::replace(&mut self.zero_fill, ZeroFill::Idle { retry: None })
+        else {
+            unreachable!("matched above");
+        };
+        match job.join() {
+            Ok(Ok(())) => self.capacity = self.capacity.max(to),
+            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Ok(Err(e)) => self.zero_fill_failed(e),
+            Err(_) => self.zero_fill_failed(io::Error::other("the zero-filling thread panicked")),
+        }
+    }
+
+    fn zero_fill_failed(&mut self, e: io::Error) {
         tracing::warn!(
             dir = %self.shared.dir.display(),
-            "preparing the next segment file failed: {e}; new segments grow as they are written meanwhile"
+            "zero-filling ahead of the log failed: {e}; the segment grows as it is written meanwhile"
         );
-        self.spare = Spare::Idle {
-            retry: Some(Instant::now() + SPARE_RETRY),
+        self.zero_fill = ZeroFill::Idle {
+            retry: Some(Instant::now() + ZERO_FILL_RETRY),
         };
-    }
-
-    /// Stops a preparation under way and waits for its thread. A spare that is
-    /// complete stays on disk for the next open.
-    fn stop_spare(&mut self) {
-        if let Spare::Preparing { job, cancel } =
-            std::mem::replace(&mut self.spare, Spare::Idle { retry: None })
-        {
-            cancel.store(true, Ordering::Relaxed);
-            let _ = job.join();
-        }
     }
 
     fn fail(&mut self, why: String) {
         tracing::error!(dir = %self.shared.dir.display(), "{why}; the log refuses appends until reopened");
+        self.finish_zero_fill(true);
         // Best effort: drop what may be half-written so a reopen does not have
         // to. (A pre-allocated segment keeps its size; recovery zeroes its tail.)
-        if self.capacity <= self.durable_len {
+        if self.shared.opts.preallocate == 0 {
             let _ = self.file.set_len(self.durable_len);
         }
         self.buf.clear();
@@ -450,6 +407,6 @@ impl Writer {
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        self.stop_spare();
+        self.finish_zero_fill(true);
     }
 }
