@@ -65,8 +65,8 @@ pub struct LogOptions {
     pub preallocate: u64,
 }
 
-/// Enough to stay ahead of a writer at 100 MB/s with fills of ~0.5 MiB, few
-/// enough to be negligible on disk even with thousands of written topics.
+/// Measured best of 0, 1 and 4 MiB with 64 single-message publishers
+/// (docs/benchmarks.md), and little disk even with thousands of written topics.
 pub const DEFAULT_PREALLOCATE: u64 = 1 << 20;
 
 impl Default for LogOptions {
