@@ -164,14 +164,29 @@ pub fn batch_body(body: &[u8], n: usize) -> Bytes {
         .into()
 }
 
-/// The part of a pull answer a consumer needs to ack.
+/// The part of a pull answer a consumer needs to ack. Bodies are borrowed from
+/// the answer, as a consumer that cares about its CPU would parse them: the
+/// generator's CPU comes out of the server under test.
 #[derive(Deserialize)]
-pub struct Pulled {
-    pub messages: Vec<PulledMessage>,
+pub struct Pulled<'a> {
+    #[serde(borrow)]
+    pub messages: Vec<PulledMessage<'a>>,
 }
 
 #[derive(Deserialize)]
-pub struct PulledMessage {
+pub struct PulledMessage<'a> {
     pub seq: u64,
-    pub body: Option<String>,
+    #[serde(borrow)]
+    pub body: Option<&'a str>,
+}
+
+/// The body of an ack of `seqs`.
+pub fn ack_body(seqs: &[u64]) -> Bytes {
+    #[derive(serde::Serialize)]
+    struct Ack<'a> {
+        seqs: &'a [u64],
+    }
+    serde_json::to_vec(&Ack { seqs })
+        .expect("JSON encodes")
+        .into()
 }

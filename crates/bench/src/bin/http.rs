@@ -470,12 +470,11 @@ async fn courier_http(
                             if pulled.messages.is_empty() {
                                 break;
                             }
-                            if pulled.messages[0].body.as_ref().map(String::len) != Some(BODY) {
+                            if pulled.messages.iter().any(|m| m.body.map(str::len) != Some(BODY)) {
                                 bail!("pulled a message with an unexpected body");
                             }
                             let seqs: Vec<u64> = pulled.messages.iter().map(|m| m.seq).collect();
-                            let ack = serde_json::to_vec(&serde_json::json!({ "seqs": seqs }))?;
-                            conn.json(Method::POST, "/v1/subscriptions/work-q/ack", ack.into(), &[StatusCode::NO_CONTENT]).await?;
+                            conn.json(Method::POST, "/v1/subscriptions/work-q/ack", http::ack_body(&seqs), &[StatusCode::NO_CONTENT]).await?;
                             w.record(t, seqs.len() as u64);
                         }
                         Ok(w)

@@ -6,8 +6,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use courier_client::wire::{
-    schema, AckBody, ExtendBody, MessageList, NackBody, Problem, PullBody, PullResponse,
-    ReplayBody, ReplayResponse, SeekBody, SubscriptionList,
+    schema, write_pull_answer, AckBody, ExtendBody, MessageList, NackBody, Problem, PullBody,
+    PullResponse, ReplayBody, ReplayResponse, SeekBody, SubscriptionList,
 };
 use courier_core::{PullRequest, SeekTarget, Seq, SubscriptionConfig, SubscriptionInfo};
 use serde::Deserialize;
@@ -16,7 +16,7 @@ use super::codec::{raw_delivery, timestamp_millis};
 use super::messages::page_size;
 use super::AppState;
 use crate::bounds;
-use crate::error::{codes, ApiError};
+use crate::error::ApiError;
 use crate::extract::{JsonBody, Name, QueryParams};
 
 const DEFAULT_CONSUMER: &str = "default";
@@ -176,15 +176,8 @@ pub(crate) async fn pull(
                     .sum::<usize>()
         })
         .sum();
-    let messages = deliveries.into_iter().map(Into::into).collect();
     let mut json = Vec::with_capacity(size + 16);
-    serde_json::to_writer(&mut json, &PullResponse { messages }).map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            codes::INTERNAL,
-            format!("encoding the pull answer: {e}"),
-        )
-    })?;
+    write_pull_answer(&mut json, &deliveries);
     Ok(([(CONTENT_TYPE, "application/json")], json).into_response())
 }
 
