@@ -234,12 +234,19 @@ fn redis_version(path: &Path) -> String {
         .unwrap_or_else(|| "unknown version".into())
 }
 
+/// One in-process case, with the CPU this process used during it: the
+/// engine's whole cost, its threads included, in cores.
+struct InProcess {
+    outcome: Outcome,
+    cores: f64,
+}
+
 /// The same workloads against the embedded engine in this process.
 async fn in_process(
     options: &Options,
     prefill: u64,
     preallocate: u64,
-) -> Result<Vec<(Case, Outcome)>> {
+) -> Result<Vec<(Case, InProcess)>> {
     let dir = options.temp_dir("courier-bench-inproc-")?;
     let engine = inproc::open_with(dir.path(), options.fsync, preallocate).await?;
     let shared: Arc<dyn Engine> = engine.clone();
@@ -251,7 +258,12 @@ async fn in_process(
             Case::PullAck => "work".into(),
         };
         inproc::create_topic(shared.as_ref(), &topic).await?;
-        let o = match case {
+        if case == Case::PullAck {
+            inproc::prefill(shared.clone(), &topic, prefill, body(BODY)).await?;
+            inproc::create_subscription(shared.as_ref(), "work-q", &topic).await?;
+        }
+        let meter = CpuMeter::start(&["self"])?;
+        let outcome = match case {
             Case::Single(n) => {
                 inproc::publish(shared.clone(), &topic, n, body(BODY), 1, options.case_time).await?
             }
@@ -267,8 +279,6 @@ async fn in_process(
                 .await?
             }
             Case::PullAck => {
-                inproc::prefill(shared.clone(), &topic, prefill, body(BODY)).await?;
-                inproc::create_subscription(shared.as_ref(), "work-q", &topic).await?;
                 inproc::pull_ack(
                     shared.clone(),
                     &["work-q".into()],
@@ -279,7 +289,8 @@ async fn in_process(
                 .await?
             }
         };
-        out.push((case, o));
+        let cores = meter.stop()?.processes[0];
+        out.push((case, InProcess { outcome, cores }));
     }
     engine.shutdown().await?;
     Ok(out)
@@ -630,7 +641,7 @@ fn find(list: &[(Case, Measured)], case: Case) -> Option<&Measured> {
 }
 
 fn report(
-    inproc: &[(Case, Outcome)],
+    inproc: &[(Case, InProcess)],
     courier: &[(Case, Measured)],
     redis: Option<&[(Case, Measured)]>,
 ) {
@@ -708,20 +719,31 @@ fn report(
         [
             "case",
             "in-process msgs/s",
+            "CPU µs/msg",
             "HTTP msgs/s",
+            "CPU µs/msg (server + generator)",
             "HTTP / in-process",
         ],
     );
     let mut goals: Vec<(Goal, String)> = Vec::new();
-    for (case, o) in inproc {
+    for (case, i) in inproc {
         let Some(c) = find(courier, *case) else {
             continue;
         };
-        let ratio = c.outcome.rate() / o.rate();
+        let ratio = c.outcome.rate() / i.outcome.rate();
+        // Cores per message/s is CPU-seconds per message.
+        let per_msg = |cores: f64, rate: f64| format!("{:.2}", cores / rate * 1e6);
         cost.row([
             case.courier(),
-            count(o.rate()),
+            count(i.outcome.rate()),
+            per_msg(i.cores, i.outcome.rate()),
             count(c.outcome.rate()),
+            format!(
+                "{} ({} + {})",
+                per_msg(c.server + c.client, c.outcome.rate()),
+                per_msg(c.server, c.outcome.rate()),
+                per_msg(c.client, c.outcome.rate())
+            ),
             format!("{ratio:.2}"),
         ]);
         goals.push((
