@@ -125,7 +125,8 @@ struct Programs {
 fn main() -> Result<()> {
     let options = Options::parse(std::env::args().skip(1))?;
     let programs = find_programs(&options)?;
-    let prefill: u64 = if options.quick { 50_000 } else { 1_000_000 };
+    // Enough for pull + ack to run seconds, not one: short windows swing widely.
+    let prefill: u64 = if options.quick { 50_000 } else { 3_000_000 };
 
     machine::print_header(
         "http (courier serve over HTTP/1.1 vs Redis XADD)",
