@@ -296,3 +296,197 @@ fn huge_durations_saturate_instead_of_wrapping() {
     let (event, lost) = s.extend(&[2], 5, Duration::MAX);
     assert!(event.is_some() && lost.is_empty());
 }
+
+/// Model check: after any sequence of operations, every index equals what a
+/// recomputation from `pending` gives, and the journaled events alone rebuild
+/// the same state (what a restart does).
+mod model {
+    use super::*;
+    use proptest::prelude::*;
+
+    impl SubState {
+        /// Panics unless `leases`, `ready`, `exhausted`, `dying`, `keys`,
+        /// `by_consumer` and `busy_keys` are exactly what `pending` implies.
+        fn assert_consistent(&self) {
+            let mut leases = BTreeSet::new();
+            let mut dying = BTreeSet::new();
+            let mut keys: HashMap<Arc<str>, BTreeSet<Seq>> = HashMap::new();
+            let mut by_consumer: HashMap<Arc<str>, u32> = HashMap::new();
+            let mut busy_keys: HashMap<Arc<str>, u32> = HashMap::new();
+            for (&seq, e) in &self.pending {
+                assert!(seq < self.next, "{seq} is tracked but not below next");
+                if let Some(key) = &e.key {
+                    keys.entry(key.clone()).or_default().insert(seq);
+                }
+                match &e.state {
+                    EntryState::Leased { consumer, deadline } => {
+                        leases.insert((*deadline, seq));
+                        *by_consumer.entry(consumer.clone()).or_default() += 1;
+                        if let Some(key) = &e.key {
+                            *busy_keys.entry(key.clone()).or_default() += 1;
+                        }
+                    }
+                    EntryState::Dying => {
+                        dying.insert(seq);
+                    }
+                    EntryState::Waiting { .. } => {}
+                }
+            }
+            let mut ready = BTreeSet::new();
+            let mut exhausted = BTreeSet::new();
+            for (&seq, e) in &self.pending {
+                if let EntryState::Waiting { at } = e.state {
+                    let blocked = e.key.as_ref().is_some_and(|key| {
+                        keys[key].first() != Some(&seq) || busy_keys.contains_key(key)
+                    });
+                    if self.config.retry.exhausted(e.attempts) {
+                        exhausted.insert(seq);
+                    } else if !blocked {
+                        ready.insert((at, seq));
+                    }
+                }
+            }
+            assert_eq!(self.leases, leases, "leases");
+            assert_eq!(self.ready, ready, "ready");
+            assert_eq!(self.exhausted, exhausted, "exhausted");
+            assert_eq!(self.dying, dying, "dying");
+            assert_eq!(self.keys, keys, "keys");
+            assert_eq!(self.by_consumer, by_consumer, "by_consumer");
+            assert_eq!(self.busy_keys, busy_keys, "busy_keys");
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Read this many messages, each with an optional delivery delay.
+        Scan(Vec<Option<u64>>),
+        Lease(u8, usize),
+        Ack(Vec<Seq>),
+        Nack(Vec<Seq>, Option<u64>),
+        /// Let time pass, then expire leases.
+        Advance(u64),
+        Extend(Vec<Seq>, u64),
+        /// Take up to this many exhausted; store them (true) or fail to.
+        DeadLetter(usize, bool),
+        Seek(Seq),
+        Trim(Seq),
+        Replay(Vec<Seq>),
+    }
+
+    fn seqs() -> impl Strategy<Value = Vec<Seq>> {
+        proptest::collection::vec(1..30u64, 0..5)
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => proptest::collection::vec(proptest::option::weighted(0.2, 0..300u64), 0..6).prop_map(Op::Scan),
+            4 => (0..3u8, 1..6usize).prop_map(|(c, n)| Op::Lease(c, n)),
+            3 => seqs().prop_map(Op::Ack),
+            2 => (seqs(), proptest::option::of(0..500u64)).prop_map(|(s, d)| Op::Nack(s, d)),
+            2 => (0..1500u64).prop_map(Op::Advance),
+            1 => (seqs(), 1..2000u64).prop_map(|(s, b)| Op::Extend(s, b)),
+            2 => (1..4usize, any::<bool>()).prop_map(|(n, ok)| Op::DeadLetter(n, ok)),
+            1 => (1..30u64).prop_map(Op::Seek),
+            1 => (1..30u64).prop_map(Op::Trim),
+            1 => seqs().prop_map(Op::Replay),
+        ]
+    }
+
+    /// Messages' keys follow from their sequence, so a replay can carry the
+    /// key its message was published with.
+    fn key_of(seq: Seq) -> Option<String> {
+        (seq % 4 != 0).then(|| format!("k{}", seq % 2))
+    }
+
+    /// Dying entries are never journaled: rebuilt from the events they are
+    /// exhausted entries waiting, and both count as waiting at 0 here.
+    fn normalized(s: &SubState) -> Snapshot {
+        let mut snap = s.snapshot();
+        for (_, e) in &mut snap.entries {
+            if matches!(e.state, EntryState::Waiting { .. }) && s.config.retry.exhausted(e.attempts)
+            {
+                e.state = EntryState::Waiting { at: 0 };
+            }
+        }
+        snap
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn indexes_stay_consistent_and_events_rebuild_the_state(
+            ordered in any::<bool>(),
+            max_attempts in 1..4u32,
+            ops in proptest::collection::vec(op(), 1..80),
+        ) {
+            let mut cfg = config(ordered);
+            cfg.max_in_flight = 6;
+            cfg.max_in_flight_per_consumer = 4;
+            cfg.retry.max_attempts = max_attempts;
+            let mut live = SubState::new(cfg.clone(), 1);
+            let mut journal: Vec<Event> = Vec::new();
+            let (mut now, mut dlq_cursor) = (0u64, 0u64);
+            for op in ops {
+                match op {
+                    Op::Scan(delays) => {
+                        let from = live.next();
+                        let meta = delays
+                            .iter()
+                            .zip(from..)
+                            .filter_map(|(delay, seq)| {
+                                let key = if ordered { key_of(seq) } else { None };
+                                (key.is_some() || delay.is_some()).then(|| Scanned {
+                                    seq,
+                                    key,
+                                    deliver_at: delay.map(|d| now + d),
+                                })
+                            })
+                            .collect();
+                        journal.extend(live.scanned(from + delays.len() as u64, now, meta));
+                    }
+                    Op::Lease(c, n) => journal.extend(live.lease(now, &format!("c{c}"), n)),
+                    Op::Ack(s) => journal.extend(live.ack(&s)),
+                    Op::Nack(s, delay) => journal.extend(live.nack(
+                        &s,
+                        now,
+                        delay.map(Duration::from_millis),
+                        Some("nacked".into()),
+                        &mut zero,
+                    )),
+                    Op::Advance(ms) => {
+                        now += ms;
+                        journal.extend(live.expire(now, &mut zero));
+                    }
+                    Op::Extend(s, by) => {
+                        journal.extend(live.extend(&s, now, Duration::from_millis(by)).0);
+                    }
+                    Op::DeadLetter(n, stored) => {
+                        let taken: Vec<Seq> = live.take_exhausted(n).iter().map(|p| p.seq).collect();
+                        live.assert_consistent();
+                        if stored {
+                            journal.push(live.emit(Event::DeadLettered { seqs: taken }));
+                        } else {
+                            live.abort_dead_letter(&taken);
+                        }
+                    }
+                    Op::Seek(to) => journal.push(live.emit(Event::Seeked { to })),
+                    Op::Trim(first) => journal.push(live.emit(Event::Trimmed { first })),
+                    Op::Replay(s) => {
+                        dlq_cursor += 1;
+                        let seqs = s.into_iter().map(|seq| (seq, key_of(seq))).collect();
+                        journal.push(live.emit(Event::Replayed { seqs, at: now, dlq_cursor }));
+                    }
+                }
+                live.assert_consistent();
+            }
+            let mut rebuilt = SubState::new(cfg.clone(), 1);
+            for event in &journal {
+                rebuilt.apply(event);
+            }
+            rebuilt.assert_consistent();
+            prop_assert_eq!(normalized(&rebuilt), normalized(&live));
+            let restored = SubState::restore(cfg, live.snapshot());
+            restored.assert_consistent();
+        }
+    }
+}
