@@ -395,7 +395,7 @@ mod model {
     /// Messages' keys follow from their sequence, so a replay can carry the
     /// key its message was published with.
     fn key_of(seq: Seq) -> Option<String> {
-        (seq % 4 != 0).then(|| format!("k{}", seq % 2))
+        (!seq.is_multiple_of(4)).then(|| format!("k{}", seq % 2))
     }
 
     /// Dying entries are never journaled: rebuilt from the events they are
