@@ -30,6 +30,14 @@ pub enum Error {
     MessageTooLarge { size: usize, limit: usize },
     #[error("the broker is shutting down")]
     ShuttingDown,
+    /// The engine's backend (a NATS or Redis server) cannot be reached now.
+    #[error("the engine is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the {engine} engine does not support {}", feature.describe())]
+    Unsupported {
+        engine: String,
+        feature: crate::capabilities::Feature,
+    },
     #[error("storage error: {0}")]
     Storage(String),
     #[error("corrupt data: {0}")]
@@ -45,6 +53,8 @@ pub enum ErrorKind {
     Conflict,
     BadRequest,
     TooLarge,
+    /// The engine lacks a feature the request needs (HTTP 501).
+    Unsupported,
     Unavailable,
     Internal,
 }
@@ -63,6 +73,8 @@ impl Error {
             Error::NotLeased { .. } => "not_leased",
             Error::MessageTooLarge { .. } => "message_too_large",
             Error::ShuttingDown => "shutting_down",
+            Error::Unavailable(_) => "engine_unavailable",
+            Error::Unsupported { .. } => "unsupported_by_engine",
             Error::Storage(_) => "storage_error",
             Error::Corrupt(_) => "corrupt_data",
             Error::Io(_) => "io_error",
@@ -78,14 +90,19 @@ impl Error {
             | Error::NotLeased { .. } => ErrorKind::Conflict,
             Error::InvalidName { .. } | Error::InvalidArgument(_) => ErrorKind::BadRequest,
             Error::MessageTooLarge { .. } => ErrorKind::TooLarge,
-            Error::ShuttingDown => ErrorKind::Unavailable,
+            Error::ShuttingDown | Error::Unavailable(_) => ErrorKind::Unavailable,
+            Error::Unsupported { .. } => ErrorKind::Unsupported,
             Error::Storage(_) | Error::Corrupt(_) | Error::Io(_) => ErrorKind::Internal,
         }
     }
 
     /// Whether the same call may succeed if simply tried again later.
+    /// Corrupt data stays corrupt however often it is read.
     pub fn is_retryable(&self) -> bool {
-        matches!(self.kind(), ErrorKind::Unavailable | ErrorKind::Internal)
+        match self {
+            Error::Corrupt(_) => false,
+            e => matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Internal),
+        }
     }
 }
 
@@ -118,6 +135,25 @@ pub fn validate_name(name: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unavailable_is_retryable_and_corrupt_is_not() {
+        let down = Error::Unavailable("connection refused".into());
+        assert_eq!(down.code(), "engine_unavailable");
+        assert_eq!(down.kind(), ErrorKind::Unavailable);
+        assert!(down.is_retryable());
+        assert!(!Error::Corrupt("bad crc".into()).is_retryable());
+        assert!(Error::Storage("disk full".into()).is_retryable());
+        let unsupported = Error::Unsupported {
+            engine: "redis".into(),
+            feature: crate::capabilities::Feature::SeekByTime,
+        };
+        assert!(!unsupported.is_retryable());
+        assert_eq!(
+            unsupported.to_string(),
+            "the redis engine does not support seeking by time"
+        );
+    }
 
     #[test]
     fn names() {

@@ -1,14 +1,16 @@
-//! Courier's core: the domain types, the [`Engine`] trait every storage engine
-//! implements, and the subscription state machine that the embedded engine
-//! drives (leases, retries, ordering keys, delays, dead-lettering).
+//! Courier's core: the nouns every engine and transport shares, the
+//! [`Engine`] contract, its [`Capabilities`] and its errors. The state
+//! machines that keep the contract belong to each engine.
 
+pub mod capabilities;
 pub mod clock;
 pub mod engine;
 pub mod error;
-pub mod subscription;
+mod retry;
 pub mod types;
 
+pub use capabilities::{Capabilities, Feature};
 pub use clock::Clock;
-pub use engine::Engine;
+pub use engine::{Engine, Tail};
 pub use error::{Error, ErrorKind, Result};
 pub use types::*;

@@ -31,6 +31,10 @@ pub struct NewMessage {
     pub body: Bytes,
     /// Not delivered before this time. `None` means at once.
     pub deliver_at: Option<Millis>,
+    /// Not delivered before this long after the publish, measured on the
+    /// engine's clock (so a publisher's clock never matters). Exclusive with
+    /// `deliver_at`.
+    pub delay: Option<Duration>,
 }
 
 /// A stored message.
@@ -265,6 +269,157 @@ pub struct Delivery {
     pub attempt: u32,
     /// When the lease expires unless acked, nacked or extended.
     pub lease_deadline: Millis,
+    /// Names this lease: ack, nack and extend take it, and it settles nothing
+    /// once the lease has expired or been superseded.
+    pub token: LeaseToken,
+}
+
+/// An opaque name for one lease of one message, made by the engine that
+/// leased it (the embedded engine: sequence and lease number; JetStream: the
+/// ack reply subject; Redis: entry id and delivery count). Clients pass it
+/// back as they got it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LeaseToken(String);
+
+impl LeaseToken {
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for LeaseToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What an ack, nack or extend did to one message, in the order the tokens were given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// It took effect: the lease was current.
+    Ok,
+    /// The message is still pending, but not under this lease: the lease
+    /// expired, was given back, or the message was leased again since.
+    LeaseLost,
+    /// The message is pending and has not been leased since it was read (or
+    /// replayed from the dead letters): no token of it can be current.
+    NotLeased,
+    /// The subscription does not hold the message: it was settled already
+    /// (acked, dead-lettered, trimmed by retention, skipped by a seek), or it
+    /// was never published or not read yet, or the token is not this engine's.
+    NotFound,
+}
+
+impl Outcome {
+    pub fn is_ok(self) -> bool {
+        self == Outcome::Ok
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::LeaseLost => "lease_lost",
+            Outcome::NotLeased => "not_leased",
+            Outcome::NotFound => "not_found",
+        }
+    }
+}
+
+/// Changes to a live subscription; fields left `None` keep their value. The
+/// subscription keeps its position, leases and counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SubscriptionUpdate {
+    #[serde(with = "opt_millis", skip_serializing_if = "Option::is_none")]
+    pub ack_deadline: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_in_flight_per_consumer: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_letter_topic: Option<String>,
+}
+
+impl SubscriptionUpdate {
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
+
+    /// The configuration after this update.
+    pub fn applied_to(&self, config: &SubscriptionConfig) -> SubscriptionConfig {
+        let mut c = config.clone();
+        if let Some(d) = self.ack_deadline {
+            c.ack_deadline = d;
+        }
+        if let Some(n) = self.max_in_flight {
+            c.max_in_flight = n;
+        }
+        if let Some(n) = self.max_in_flight_per_consumer {
+            c.max_in_flight_per_consumer = n;
+        }
+        if let Some(r) = &self.retry {
+            c.retry = r.clone();
+        }
+        if let Some(t) = &self.dead_letter_topic {
+            c.dead_letter_topic = Some(t.clone());
+        }
+        c
+    }
+}
+
+/// What a topic tail yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TailEvent {
+    /// The next stored messages, in sequence order.
+    Messages(MessageBatch),
+    /// Messages `from..to` were removed by retention (or lost) before this
+    /// listener could read them; the stream goes on at `to`.
+    Gap { from: Seq, to: Seq },
+}
+
+impl TailEvent {
+    /// How many messages a gap lost (0 for messages).
+    pub fn lost(&self) -> u64 {
+        match self {
+            TailEvent::Gap { from, to } => to - from,
+            TailEvent::Messages(_) => 0,
+        }
+    }
+}
+
+/// Messages shared by every listener of a topic: the engine reads a batch
+/// once and each listener sees the part from its own position on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageBatch {
+    shared: std::sync::Arc<[Message]>,
+    skip: usize,
+}
+
+impl MessageBatch {
+    pub fn new(shared: std::sync::Arc<[Message]>) -> Self {
+        Self { shared, skip: 0 }
+    }
+    /// The same batch without its messages below `seq`.
+    pub fn from_seq(mut self, seq: Seq) -> Self {
+        self.skip = self.shared.partition_point(|m| m.seq < seq);
+        self
+    }
+    pub fn is_shared_with(&self, other: &MessageBatch) -> bool {
+        std::sync::Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}
+
+impl std::ops::Deref for MessageBatch {
+    type Target = [Message];
+    fn deref(&self) -> &[Message] {
+        &self.shared[self.skip..]
+    }
 }
 
 /// Headers added to a message moved to a dead-letter topic.

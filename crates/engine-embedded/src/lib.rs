@@ -6,11 +6,17 @@
 //!   replayed over the last checkpoint on start.
 //! - `meta`: topic and subscription definitions and subscription checkpoints (redb).
 
+/// Per-topic durable index of delayed messages by delivery time.
+pub mod delays;
 mod engine;
 pub mod journal;
 pub mod log;
 mod meta;
+/// The subscription state machine (public for its model-based test).
+#[doc(hidden)]
+pub mod state;
 mod subscription;
+mod tail;
 mod topic;
 
 pub use engine::EmbeddedEngine;

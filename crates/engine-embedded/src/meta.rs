@@ -13,7 +13,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use courier_core::subscription::Snapshot;
+use crate::state::Snapshot;
 use courier_core::{Error, Result, Seq, SubscriptionConfig, TopicConfig};
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +22,9 @@ use crate::topic::DedupSnapshot;
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct Meta {
     pub topics: BTreeMap<String, TopicConfig>,
+    /// Each topic's id salt (see `Topic::new`).
+    #[serde(default)]
+    pub topic_salts: BTreeMap<String, u16>,
     pub subscriptions: BTreeMap<String, SubscriptionMeta>,
     /// Subscription ids are never reused, so journal entries of a deleted
     /// subscription can never be mistaken for a newer one's.

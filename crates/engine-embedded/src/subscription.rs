@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use courier_core::subscription::{Event, Scanned, SubState};
+use crate::state::{Event, Scanned, SubState};
 use courier_core::{
-    Clock, Delivery, Error, Message, PullRequest, Result, SeekTarget, Seq, SubscriptionInfo,
+    Clock, Delivery, LeaseToken, Message, Outcome, PullRequest, Result, SeekTarget, Seq,
+    SubscriptionConfig, SubscriptionInfo,
 };
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,13 @@ use crate::topic::Topic;
 
 /// Most bytes of message bodies read ahead in one scan.
 const SCAN_BYTES: usize = 8 << 20;
+/// Reads of the log per lease attempt, at most: bounds how long the state
+/// lock is held while looking past messages that cannot be delivered yet.
+const SCAN_ROUNDS: usize = 8;
+/// Messages read per round once a round found nothing deliverable.
+const SCAN_AHEAD: usize = 1024;
+/// Delayed messages taken from the delay index per lease attempt, at most.
+const DUE_BATCH: usize = 4096;
 
 /// One journal entry: event number `no` of subscription `sub`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -37,7 +45,6 @@ pub(crate) struct Subscription {
     pub name: String,
     pub id: u64,
     pub topic: Arc<Topic>,
-    pub dlq_topic: String,
     pub state: Mutex<SubState>,
     /// Something changed that may let a waiting pull lease (ack, nack, expiry…).
     pub notify: Notify,
@@ -51,6 +58,24 @@ pub(crate) struct Subscription {
     clock: Clock,
 }
 
+/// Adds `[from, to)` to sorted, disjoint ranges, merging with the last.
+fn push_range(ranges: &mut Vec<(Seq, Seq)>, from: Seq, to: Seq) {
+    match ranges.last_mut() {
+        Some(last) if last.1 >= from => last.1 = last.1.max(to),
+        _ => ranges.push((from, to)),
+    }
+}
+
+/// The embedded engine's lease token: `<seq>-<lease number>`.
+pub(crate) fn token(seq: Seq, lease: u64) -> LeaseToken {
+    LeaseToken::new(format!("{seq}-{lease}"))
+}
+
+fn parse_token(token: &LeaseToken) -> Option<(Seq, u64)> {
+    let (seq, lease) = token.as_str().split_once('-')?;
+    Some((seq.parse().ok()?, lease.parse().ok()?))
+}
+
 impl Subscription {
     pub fn new(
         name: String,
@@ -61,7 +86,6 @@ impl Subscription {
         clock: Clock,
         cancel: CancellationToken,
     ) -> Self {
-        let dlq_topic = state.config().dead_letter_topic_for(&name);
         let checkpointed = AtomicU64::new(state.applied());
         Self {
             cancel,
@@ -69,7 +93,6 @@ impl Subscription {
             name,
             id,
             topic,
-            dlq_topic,
             state: Mutex::new(state),
             notify: Notify::new(),
             exhausted: Notify::new(),
@@ -90,6 +113,25 @@ impl Subscription {
         self.journal.append_nowait(bytes);
     }
 
+    /// Where this subscription's dead letters go (its settings can change).
+    pub fn dlq_topic(&self) -> String {
+        self.state.lock().config().dead_letter_topic_for(&self.name)
+    }
+
+    /// Takes on new settings (already saved in the engine's metadata).
+    pub async fn reconfigure(&self, config: SubscriptionConfig) -> Result<()> {
+        {
+            let mut st = self.state.lock();
+            if let Some(e) = st.reconfigure(&config) {
+                self.record(&st, e);
+            }
+        }
+        // Fewer attempts may leave messages out of them; more room may free pulls.
+        self.exhausted.notify_one();
+        self.notify.notify_waiters();
+        self.sync().await
+    }
+
     pub fn checkpointed(&self) -> u64 {
         self.checkpointed.load(Ordering::Acquire)
     }
@@ -105,57 +147,62 @@ impl Subscription {
         self.journal.append(Vec::new()).await
     }
 
-    /// Leases what is available now, without waiting.
-    pub fn try_lease(&self, consumer: &str, max: usize) -> Result<Vec<Delivery>> {
+    /// Leases what is available now, without waiting. The flag says whether
+    /// the log holds more to look at right away: the scan looks past messages
+    /// that cannot be delivered yet (delayed, or behind their key) a bounded
+    /// amount per call, so the state lock is never held for long, and a pull
+    /// that found nothing goes on scanning instead of waiting.
+    pub fn try_lease(&self, consumer: &str, max: usize) -> Result<(Vec<Delivery>, bool)> {
         let log = &self.topic.log;
         let mut read: HashMap<Seq, Message> = HashMap::new();
-        let (seqs, deadline, attempts) = {
+        let mut more = false;
+        let (seqs, deadline, attempts, lease) = {
             let mut st = self.state.lock();
             let now = self.clock.now();
             self.expire_locked(&mut st, now);
             let want = max.min(st.room(consumer));
             if want == 0 {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), false));
             }
             let first = log.first_seq();
             if st.next() < first {
                 let e = st.emit(Event::Trimmed { first });
                 self.record(&st, e);
             }
-            let n = st.scan_wanted(now, want);
-            if n > 0 && st.next() < log.next_seq() {
-                let batch = log.read(st.next(), n, SCAN_BYTES)?;
-                if let Some(last) = batch.last() {
-                    let to = last.seq + 1;
-                    let ordered = st.config().ordered;
-                    let meta = batch
-                        .iter()
-                        .filter(|m| m.deliver_at.is_some() || (ordered && m.key.is_some()))
-                        .map(|m| Scanned {
-                            seq: m.seq,
-                            key: if ordered { m.key.clone() } else { None },
-                            deliver_at: m.deliver_at,
-                        })
-                        .collect();
-                    if let Some(e) = st.scanned(to, now, meta) {
-                        self.record(&st, e);
-                    }
-                    read.extend(batch.into_iter().map(|m| (m.seq, m)));
+            self.take_due(&mut st, now)?;
+            for round in 0..SCAN_ROUNDS {
+                let n = st.scan_wanted(now, want);
+                if n == 0 || st.next() >= log.next_seq() {
+                    break;
                 }
+                // After a round that found nothing deliverable, read further
+                // ahead than asked: what lies ahead is probably more of the same.
+                let n = if round == 0 { n } else { n.max(SCAN_AHEAD).min(st.track_room()) };
+                let batch = log.read(st.next(), n, SCAN_BYTES)?;
+                let Some(last) = batch.last() else { break };
+                let to = last.seq + 1;
+                let (meta, skip) = self.scan_meta(&st, &batch);
+                if let Some(e) = st.scanned_skipping(to, now, meta, skip) {
+                    self.record(&st, e);
+                }
+                read.extend(batch.into_iter().map(|m| (m.seq, m)));
+                more = st.next() < log.next_seq() && st.track_room() > 0;
             }
             let Some(event) = st.lease(now, consumer, want) else {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), more));
             };
             let Event::Leased { seqs, deadline, .. } = &event else {
                 unreachable!("lease emits Leased")
             };
             let (seqs, deadline) = (seqs.clone(), *deadline);
+            // The Leased event's number names the lease (see `SubState::lease_status`).
+            let lease = st.applied();
             let attempts: Vec<u32> = seqs
                 .iter()
                 .map(|s| st.pending(*s).map_or(1, |p| p.attempts))
                 .collect();
             self.record(&st, event);
-            (seqs, deadline, attempts)
+            (seqs, deadline, attempts, lease)
         };
         let mut out = Vec::with_capacity(seqs.len());
         let mut gone = false;
@@ -174,6 +221,7 @@ impl Subscription {
                 message: self.topic.named(message),
                 attempt,
                 lease_deadline: deadline,
+                token: token(seq, lease),
             });
         }
         if gone {
@@ -184,7 +232,103 @@ impl Subscription {
             });
             self.record(&st, e);
         }
-        Ok(out)
+        Ok((out, more))
+    }
+
+    /// What the state machine must know of a scanned batch: ordering keys
+    /// (ordered subscriptions) and delivery times, and which messages to leave
+    /// untracked (holes in the log).
+    ///
+    /// An unordered subscription leaves a message due after its delay cursor
+    /// to the topic's delay index, which hands it over when it comes due
+    /// ([`take_due`](Self::take_due)), so delayed messages cost no memory
+    /// while they wait. The entry is made here too, before the skip is
+    /// recorded: the publisher's entry may not be in yet. An ordered
+    /// subscription tracks them, since a delayed message holds its key.
+    fn scan_meta(&self, st: &SubState, batch: &[Message]) -> (Vec<Scanned>, Vec<(Seq, Seq)>) {
+        let ordered = st.config().ordered;
+        let cursor = st.delay_cursor();
+        let left_to_index = |m: &Message| {
+            !ordered && m.deliver_at.is_some_and(|at| (at, m.seq) > cursor)
+        };
+        let mut meta = Vec::new();
+        let mut skip: Vec<(Seq, Seq)> = Vec::new();
+        let mut entries = Vec::new();
+        let mut expect = st.next();
+        for m in batch {
+            // Holes in the log (a lost tail) are skipped too.
+            let from = if m.seq > expect { expect } else { m.seq };
+            if left_to_index(m) {
+                entries.push((m.deliver_at.expect("checked"), m.seq));
+                push_range(&mut skip, from, m.seq + 1);
+            } else {
+                if m.seq > expect {
+                    push_range(&mut skip, expect, m.seq);
+                }
+                if m.deliver_at.is_some() || (ordered && m.key.is_some()) {
+                    meta.push(Scanned {
+                        seq: m.seq,
+                        key: if ordered { m.key.clone() } else { None },
+                        deliver_at: m.deliver_at,
+                    });
+                }
+            }
+            expect = m.seq + 1;
+        }
+        if !entries.is_empty() {
+            self.topic.delays.insert(&entries);
+        }
+        (meta, skip)
+    }
+
+    /// Takes the delayed messages that came due from the topic's delay
+    /// index (unordered subscriptions only; see [`scan_meta`](Self::scan_meta)).
+    fn take_due(&self, st: &mut SubState, now: u64) -> Result<()> {
+        if st.config().ordered {
+            return Ok(());
+        }
+        let cursor = st.delay_cursor();
+        if cursor >= (now, Seq::MAX) {
+            return Ok(());
+        }
+        let limit = st.track_room().min(DUE_BATCH);
+        if limit == 0 {
+            return Ok(());
+        }
+        let entries = self.topic.delays.range(cursor, now, limit)?;
+        let to = match entries.last() {
+            Some(&last) if entries.len() == limit => last,
+            _ => (now, Seq::MAX),
+        };
+        let (floor, next) = (st.floor(), st.next());
+        let due = entries
+            .into_iter()
+            .filter(|&(_, seq)| seq >= floor && seq < next && st.pending(seq).is_none())
+            .map(|(at, seq)| (seq, at))
+            .collect();
+        if let Some(e) = st.due(due, to) {
+            self.record(st, e);
+        }
+        Ok(())
+    }
+
+    /// When something next becomes deliverable or a lease expires.
+    pub fn next_wake(&self, st: &SubState) -> Option<u64> {
+        let index = if st.config().ordered {
+            None
+        } else {
+            // A read error here only costs an early wake-up.
+            self.topic
+                .delays
+                .first_after(st.delay_cursor())
+                .ok()
+                .flatten()
+                .map(|(at, _)| at)
+        };
+        match (st.next_wake(), index) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Moves expired leases back to waiting; wakes the dead-letter worker when
@@ -205,15 +349,18 @@ impl Subscription {
             tokio::pin!(notified);
             notified.as_mut().enable();
             appended.borrow_and_update();
-            let out = self.try_lease(&request.consumer, request.max_messages)?;
+            let (out, more) = self.try_lease(&request.consumer, request.max_messages)?;
             let now = tokio::time::Instant::now();
             if !out.is_empty() || now >= give_up {
                 return Ok(out);
             }
+            if more {
+                // More of the log to look past: let others have the lock, then go on.
+                tokio::task::yield_now().await;
+                continue;
+            }
             let wake = self
-                .state
-                .lock()
-                .next_wake()
+                .next_wake(&self.state.lock())
                 .map_or(give_up, |at| self.clock.instant_at(at).min(give_up));
             tokio::select! {
                 _ = appended.changed() => {}
@@ -223,60 +370,85 @@ impl Subscription {
         }
     }
 
-    /// Settles `seqs`; returns once that is durable. Also when nothing was
-    /// pending: a concurrent ack of the same message may have settled it
-    /// without having reached the disk yet.
-    pub async fn ack(&self, seqs: &[Seq]) -> Result<()> {
-        let changed = {
+    /// The outcome of each token, and the sequences whose leases they hold
+    /// (each once). Expired leases are collected first: a lease past its
+    /// deadline is lost even if no one has noticed yet.
+    fn check_tokens(&self, st: &mut SubState, tokens: &[LeaseToken]) -> (Vec<Outcome>, Vec<Seq>) {
+        self.expire_locked(st, self.clock.now());
+        let mut held = Vec::with_capacity(tokens.len());
+        let outcomes = tokens
+            .iter()
+            .map(|t| match parse_token(t) {
+                // The same token twice in one call acts once.
+                Some((seq, _)) if held.contains(&seq) => Outcome::Ok,
+                Some((seq, lease)) => {
+                    let outcome = st.lease_status(seq, lease);
+                    if outcome.is_ok() {
+                        held.push(seq);
+                    }
+                    outcome
+                }
+                None => Outcome::NotFound,
+            })
+            .collect();
+        (outcomes, held)
+    }
+
+    /// Settles the messages whose current leases `tokens` name; returns once
+    /// that is durable.
+    pub async fn ack(&self, tokens: &[LeaseToken]) -> Result<Vec<Outcome>> {
+        let outcomes = {
             let mut st = self.state.lock();
-            st.ack(seqs).map(|e| self.record(&st, e)).is_some()
+            let (outcomes, held) = self.check_tokens(&mut st, tokens);
+            if let Some(e) = st.ack(&held) {
+                self.record(&st, e);
+            }
+            outcomes
         };
-        if changed {
+        if outcomes.iter().any(|o| o.is_ok()) {
             self.notify.notify_waiters();
+            self.sync().await?;
         }
-        self.sync().await
+        Ok(outcomes)
     }
 
     pub async fn nack(
         &self,
-        seqs: &[Seq],
+        tokens: &[LeaseToken],
         delay: Option<Duration>,
         error: Option<String>,
-    ) -> Result<()> {
-        let changed = {
+    ) -> Result<Vec<Outcome>> {
+        let outcomes = {
             let mut st = self.state.lock();
+            let (outcomes, held) = self.check_tokens(&mut st, tokens);
             let now = self.clock.now();
-            st.nack(seqs, now, delay, error, &mut rand::random::<f64>)
-                .map(|e| self.record(&st, e))
-                .is_some()
+            if let Some(e) = st.nack(&held, now, delay, error, &mut rand::random::<f64>) {
+                self.record(&st, e);
+            }
+            outcomes
         };
-        if changed {
+        if outcomes.iter().any(|o| o.is_ok()) {
             self.exhausted.notify_one();
             self.notify.notify_waiters();
+            self.sync().await?;
         }
-        self.sync().await
+        Ok(outcomes)
     }
 
-    pub async fn extend(&self, seqs: &[Seq], by: Duration) -> Result<()> {
-        let lost = {
+    pub async fn extend(&self, tokens: &[LeaseToken], by: Duration) -> Result<Vec<Outcome>> {
+        let outcomes = {
             let mut st = self.state.lock();
-            let now = self.clock.now();
-            // A lease that has run out is lost even if no one has collected it yet.
-            self.expire_locked(&mut st, now);
-            let (event, lost) = st.extend(seqs, now, by);
+            let (outcomes, held) = self.check_tokens(&mut st, tokens);
+            let (event, _) = st.extend(&held, self.clock.now(), by);
             if let Some(e) = event {
                 self.record(&st, e);
             }
-            lost
+            outcomes
         };
-        self.sync().await?;
-        match lost.first() {
-            Some(&seq) => Err(Error::NotLeased {
-                subscription: self.name.clone(),
-                seq,
-            }),
-            None => Ok(()),
+        if outcomes.iter().any(|o| o.is_ok()) {
+            self.sync().await?;
         }
+        Ok(outcomes)
     }
 
     pub async fn seek(&self, target: SeekTarget) -> Result<()> {

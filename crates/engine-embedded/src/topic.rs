@@ -1,4 +1,4 @@
-//! A topic: its log plus publish-side deduplication.
+//! A topic: its log, its delay index, and publish-side deduplication.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -8,13 +8,21 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::log::{AppendRecord, TopicLog};
+use crate::delays::DelayIndex;
+use crate::log::{AppendRecord, Appended, TopicLog};
 
 pub(crate) struct Topic {
     pub name: String,
     pub config: TopicConfig,
     pub log: TopicLog,
     id_salt: u128,
+    /// (deliver_at, seq) of every message published to be delivered later.
+    pub delays: DelayIndex,
+    /// Publishes of delayed messages between their append and their index
+    /// entries: the index covers the log only up to where none is.
+    delays_feeding: Mutex<usize>,
+    /// Held by a flush of the delay index, so flushes asked for while one runs are skipped.
+    delays_flushing: Mutex<()>,
     dedup: Mutex<Dedup>,
     /// `covered` of the last dedup checkpoint written.
     pub dedup_saved: std::sync::atomic::AtomicU64,
@@ -52,17 +60,41 @@ enum Claim {
 }
 
 impl Topic {
-    pub fn new(name: String, config: TopicConfig, log: TopicLog) -> Self {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        name.hash(&mut hasher);
+    /// `salt` goes into every id the broker generates for this topic; it is
+    /// stored with the topic's definition so ids never change once given out.
+    pub fn new(
+        name: String,
+        config: TopicConfig,
+        log: TopicLog,
+        delays: DelayIndex,
+        salt: u16,
+    ) -> Self {
         Self {
             name,
             config,
             log,
-            id_salt: (hasher.finish() as u128 & 0xffff) << 64,
+            delays,
+            delays_feeding: Mutex::new(0),
+            delays_flushing: Mutex::new(()),
+            id_salt: u128::from(salt) << 64,
             dedup: Mutex::new(Dedup::default()),
             dedup_saved: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// A new topic's salt: random, so two topics' ids differ even for the
+    /// same sequence and millisecond.
+    pub fn new_salt() -> u16 {
+        rand::random()
+    }
+
+    /// The salt of a topic created before salts were stored: it was derived
+    /// from the name with std's `DefaultHasher`, which is not stable across
+    /// Rust releases, so it is computed once at the first open and stored.
+    pub fn legacy_salt(name: &str) -> u16 {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        name.hash(&mut hasher);
+        (hasher.finish() & 0xffff) as u16
     }
 
     /// Re-learns the client ids published within the dedup window: those of
@@ -89,6 +121,17 @@ impl Topic {
         }
         dedup.covered = seq;
         Ok(())
+    }
+
+    /// Adds the client ids of `messages` to the dedup table as if stored at
+    /// `now`, so they are remembered for a whole window from now on.
+    pub fn remember_ids(&self, messages: &[Message], now: Millis) {
+        let mut dedup = self.dedup.lock();
+        for m in messages.iter().filter(|m| !m.id.is_empty()) {
+            if dedup.stored.insert(m.id.clone(), m.seq).is_none() {
+                dedup.order.push_back((now, m.id.clone()));
+            }
+        }
     }
 
     /// The dedup table for a checkpoint. `covered` only moves while no publish
@@ -133,7 +176,7 @@ impl Topic {
         now: Millis,
     ) -> Result<Vec<PublishReceipt>> {
         if messages.iter().all(|m| m.id.is_none()) {
-            return self.publish_unnamed(messages).await;
+            return self.publish_unnamed(messages, now).await;
         }
         let mut receipts: Vec<Option<PublishReceipt>> = vec![None; messages.len()];
         let mut waits = Vec::new();
@@ -170,7 +213,7 @@ impl Topic {
         }
         let records_were_empty = records.is_empty();
         if !records_were_empty {
-            let appended = self.log.append(records).await;
+            let appended = self.append(records, now).await;
             let mut dedup = self.dedup.lock();
             match &appended {
                 Ok(a) => {
@@ -227,7 +270,11 @@ impl Topic {
 
 impl Topic {
     /// Publishes messages without client ids: nothing to deduplicate.
-    async fn publish_unnamed(&self, messages: Vec<NewMessage>) -> Result<Vec<PublishReceipt>> {
+    async fn publish_unnamed(
+        &self,
+        messages: Vec<NewMessage>,
+        now: Millis,
+    ) -> Result<Vec<PublishReceipt>> {
         let records = messages
             .into_iter()
             .map(|m| AppendRecord {
@@ -239,7 +286,7 @@ impl Topic {
             })
             .collect::<Vec<_>>();
         let n = records.len() as u64;
-        let a = self.log.append(records).await?;
+        let a = self.append(records, now).await?;
         Ok((a.first_seq..a.first_seq + n)
             .map(|seq| PublishReceipt {
                 seq,
@@ -247,6 +294,72 @@ impl Topic {
                 duplicate: false,
             })
             .collect())
+    }
+}
+
+impl Topic {
+    /// Appends to the log and enters the delayed records (due after `now`)
+    /// in the delay index.
+    async fn append(&self, records: Vec<AppendRecord>, now: Millis) -> Result<Appended> {
+        let delayed: Vec<(usize, Millis)> = records
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.deliver_at.filter(|&at| at > now).map(|at| (i, at)))
+            .collect();
+        if delayed.is_empty() {
+            return self.log.append(records).await;
+        }
+        *self.delays_feeding.lock() += 1;
+        let appended = self.log.append(records).await;
+        if let Ok(a) = &appended {
+            let entries: Vec<(Millis, Seq)> = delayed
+                .iter()
+                .map(|&(i, at)| (at, a.first_seq + i as u64))
+                .collect();
+            self.delays.insert(&entries);
+        }
+        *self.delays_feeding.lock() -= 1;
+        appended
+    }
+
+    /// Makes the delay index durable up to where it covers the log. Blocking.
+    pub fn flush_delays(&self) -> Result<()> {
+        let _flushing = self.delays_flushing.lock();
+        self.flush_delays_locked()
+    }
+
+    /// Like [`flush_delays`](Self::flush_delays), unless a flush is running.
+    pub fn try_flush_delays(&self) -> Result<()> {
+        match self.delays_flushing.try_lock() {
+            Some(_flushing) => self.flush_delays_locked(),
+            None => Ok(()),
+        }
+    }
+
+    fn flush_delays_locked(&self) -> Result<()> {
+        let covered = {
+            let feeding = self.delays_feeding.lock();
+            // An append counted here took its seqs after this read.
+            (*feeding == 0).then(|| self.log.next_seq())
+        };
+        self.delays.flush(covered.unwrap_or_else(|| self.delays.covered()))
+    }
+
+    /// After a restart: enters the delayed records of the log written after
+    /// the index's last flush (a message is delayed if due after it was stored).
+    pub fn recover_delays(&self) -> Result<()> {
+        let mut seq = self.delays.covered().max(self.log.first_seq());
+        loop {
+            let batch = self.log.read(seq, 4096, 8 << 20)?;
+            let Some(last) = batch.last() else { break };
+            seq = last.seq + 1;
+            let entries: Vec<(Millis, Seq)> = batch
+                .iter()
+                .filter_map(|m| m.deliver_at.filter(|&at| at > m.published_at).map(|at| (at, m.seq)))
+                .collect();
+            self.delays.insert(&entries);
+        }
+        Ok(())
     }
 }
 

@@ -50,8 +50,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use courier_core::{
-    Engine, NewMessage, PullRequest, RetryPolicy, Seq, StartPosition, SubscriptionConfig,
-    TopicConfig,
+    Clock, Engine, LeaseToken, NewMessage, PullRequest, RetryPolicy, Seq, StartPosition,
+    SubscriptionConfig, TopicConfig,
 };
 use courier_embedded::{EmbeddedConfig, EmbeddedEngine};
 use tempfile::TempDir;
@@ -373,8 +373,8 @@ async fn consume(engine: &EmbeddedEngine, sub: &str, consumer: &str, rng: &mut R
     let (ack_below, nack_below) = if sub == SUB_O { (94, 97) } else { (60, 80) };
     for d in &got {
         match rng.range(0, 99) {
-            x if x < ack_below => ack.push(d.message.seq),
-            x if x < nack_below => nack.push(d.message.seq),
+            x if x < ack_below => ack.push((d.message.seq, d.token.clone())),
+            x if x < nack_below => nack.push(d.token.clone()),
             _ => {}
         }
     }
@@ -386,15 +386,24 @@ async fn consume(engine: &EmbeddedEngine, sub: &str, consumer: &str, rng: &mut R
             .unwrap_or_else(|e| fatal(format!("nack {sub}: {e}")));
     }
     if !ack.is_empty() {
-        let seqs = seqs_text(&ack);
+        let (seqs, tokens): (Vec<Seq>, Vec<LeaseToken>) = ack.into_iter().unzip();
         // The intent goes out before the ack starts: a seq without an intent
         // line was certainly never acked.
-        emit(&format!("I {sub} {seqs}\n"));
-        engine
-            .ack(sub, &ack)
+        emit(&format!("I {sub} {}\n", seqs_text(&seqs)));
+        let outcomes = engine
+            .ack(sub, &tokens)
             .await
             .unwrap_or_else(|e| fatal(format!("ack {sub}: {e}")));
-        emit(&format!("A {sub} {seqs}\n"));
+        // Only what took effect: a lease that ran out meanwhile acks nothing.
+        let acked: Vec<Seq> = seqs
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| o.is_ok())
+            .map(|(s, _)| *s)
+            .collect();
+        if !acked.is_empty() {
+            emit(&format!("A {sub} {}\n", seqs_text(&acked)));
+        }
     }
 }
 
@@ -714,7 +723,7 @@ async fn verify_copy(
         retention_interval: Duration::ZERO,
         ..engine_config(dir, false, Duration::ZERO)
     };
-    let engine = EmbeddedEngine::open(config)
+    let engine = EmbeddedEngine::open_with_clock(config, Clock::tokio())
         .await
         .map_err(|e| vec![format!("reopening after the crash failed: {e}")])?;
     let info = engine
@@ -918,9 +927,9 @@ async fn drain(
         if got.is_empty() {
             return out;
         }
-        let seqs: Vec<Seq> = got.iter().map(|d| d.message.seq).collect();
+        let tokens: Vec<LeaseToken> = got.iter().map(|d| d.token.clone()).collect();
         out.push(got.iter().map(|d| (d.message.seq, d.attempt)).collect());
-        if let Err(e) = engine.ack(sub, &seqs).await {
+        if let Err(e) = engine.ack(sub, &tokens).await {
             errors.push(format!("{sub}: ack failed: {e}"));
             return out;
         }
@@ -1108,8 +1117,10 @@ async fn acks_survive_two_restarts() {
             })
             .collect();
         e.publish(TOPIC, batch).await.unwrap();
-        assert_eq!(e.pull(SUB_A, pull()).await.unwrap().len(), 3);
-        e.ack(SUB_A, &[1, 2, 3]).await.unwrap();
+        let got = e.pull(SUB_A, pull()).await.unwrap();
+        assert_eq!(got.len(), 3);
+        let tokens: Vec<LeaseToken> = got.iter().map(|d| d.token.clone()).collect();
+        e.ack(SUB_A, &tokens).await.unwrap();
         // No shutdown: the acks are only in the journal, as after a crash.
     }
     {

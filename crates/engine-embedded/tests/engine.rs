@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use courier_core::{
-    Engine, NewMessage, PullRequest, RetryPolicy, SeekTarget, StartPosition, SubscriptionConfig,
-    TopicConfig,
+    Clock, Delivery, Engine, LeaseToken, NewMessage, Outcome, PullRequest, RetryPolicy,
+    SeekTarget, StartPosition, SubscriptionConfig, TopicConfig,
 };
 use courier_embedded::{EmbeddedConfig, EmbeddedEngine};
 use tempfile::TempDir;
@@ -25,7 +25,9 @@ fn config(dir: &TempDir) -> EmbeddedConfig {
 }
 
 async fn open(dir: &TempDir) -> Arc<EmbeddedEngine> {
-    EmbeddedEngine::open(config(dir)).await.unwrap()
+    EmbeddedEngine::open_with_clock(config(dir), Clock::tokio())
+        .await
+        .unwrap()
 }
 
 /// Opens `dir` after an engine was dropped without `shutdown` (a crash, as far
@@ -34,7 +36,7 @@ async fn open(dir: &TempDir) -> Arc<EmbeddedEngine> {
 async fn reopen_after_crash(dir: &TempDir) -> Arc<EmbeddedEngine> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match EmbeddedEngine::open(config(dir)).await {
+        match EmbeddedEngine::open_with_clock(config(dir), Clock::tokio()).await {
             Ok(e) => return e,
             Err(e) if e.to_string().contains("in use") && std::time::Instant::now() < deadline => {
                 tokio::task::yield_now().await
@@ -74,7 +76,19 @@ fn pull(max: usize) -> PullRequest {
     }
 }
 
-fn bodies(d: &[courier_core::Delivery]) -> Vec<String> {
+fn tokens(d: &[Delivery]) -> Vec<LeaseToken> {
+    d.iter().map(|d| d.token.clone()).collect()
+}
+
+/// The tokens of the deliveries of these sequences.
+fn tok(d: &[Delivery], seqs: &[u64]) -> Vec<LeaseToken> {
+    d.iter()
+        .filter(|d| seqs.contains(&d.message.seq))
+        .map(|d| d.token.clone())
+        .collect()
+}
+
+fn bodies(d: &[Delivery]) -> Vec<String> {
     d.iter()
         .map(|d| String::from_utf8(d.message.body.to_vec()).unwrap())
         .collect()
@@ -100,13 +114,18 @@ async fn publish_pull_ack_and_fan_out() {
         "generated ids sort by time and sequence"
     );
 
+    let mut a_tokens = Vec::new();
     for sub in ["a", "b"] {
         let got = e.pull(sub, pull(10)).await.unwrap();
         assert_eq!(bodies(&got), vec!["1", "2", "3"]);
         assert!(got.iter().all(|d| d.attempt == 1));
         assert_eq!(got[0].message.id, receipts[0].id);
+        if sub == "a" {
+            a_tokens = tokens(&got);
+        }
     }
-    e.ack("a", &[1, 2, 3]).await.unwrap();
+    let outcomes = e.ack("a", &a_tokens).await.unwrap();
+    assert_eq!(outcomes, vec![Outcome::Ok; 3]);
     let a = e.subscription("a").await.unwrap();
     assert_eq!((a.ack_floor, a.backlog, a.in_flight), (4, 0, 0));
     let b = e.subscription("b").await.unwrap();
@@ -142,7 +161,7 @@ async fn competing_consumers_share_the_queue() {
                 d.message.seq
             );
         }
-        e.ack("q", &got.iter().map(|d| d.message.seq).collect::<Vec<_>>())
+        e.ack("q", &tokens(&got))
             .await
             .unwrap();
     }
@@ -171,7 +190,7 @@ async fn lease_expiry_and_backoff_then_dead_letter_and_replay() {
     assert_eq!(second[0].attempt, 2);
 
     // A nack uses the second backoff (2 s).
-    e.nack("s", &[1], None, Some("handler failed".into()))
+    e.nack("s", &tokens(&second), None, Some("handler failed".into()))
         .await
         .unwrap();
     tokio::time::advance(Duration::from_millis(1_999)).await;
@@ -181,7 +200,7 @@ async fn lease_expiry_and_backoff_then_dead_letter_and_replay() {
     assert_eq!(third[0].attempt, 3);
 
     // Third failure: max_attempts reached, the message goes to s.dlq.
-    e.nack("s", &[1], None, Some("still failing".into()))
+    e.nack("s", &tokens(&third), None, Some("still failing".into()))
         .await
         .unwrap();
     let letters = wait_for_dead_letters(&e, "s", 1).await;
@@ -197,7 +216,7 @@ async fn lease_expiry_and_backoff_then_dead_letter_and_replay() {
     assert!(e.dead_letters("s", 10).await.unwrap().is_empty());
     let again = e.pull("s", pull(1)).await.unwrap();
     assert_eq!((again[0].message.seq, again[0].attempt), (1, 1));
-    e.ack("s", &[1]).await.unwrap();
+    e.ack("s", &tokens(&again)).await.unwrap();
     e.shutdown().await.unwrap();
 }
 
@@ -239,18 +258,16 @@ async fn extend_keeps_the_lease() {
     e.create_topic("t", TopicConfig::default()).await.unwrap();
     e.create_subscription("s", sub_config("t")).await.unwrap();
     e.publish("t", vec![msg("slow")]).await.unwrap();
-    e.pull("s", pull(1)).await.unwrap();
+    let leased = tokens(&e.pull("s", pull(1)).await.unwrap());
     tokio::time::advance(Duration::from_secs(9)).await;
-    e.extend("s", &[1], Duration::from_secs(10)).await.unwrap();
+    let outcomes = e.extend("s", &leased, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(outcomes, vec![Outcome::Ok]);
     tokio::time::advance(Duration::from_secs(9)).await;
     assert!(e.pull("s", pull(1)).await.unwrap().is_empty());
     assert_eq!(e.subscription("s").await.unwrap().in_flight, 1);
     tokio::time::advance(Duration::from_secs(1)).await;
-    let err = e
-        .extend("s", &[1], Duration::from_secs(1))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), "not_leased");
+    let outcomes = e.extend("s", &leased, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(outcomes, vec![Outcome::LeaseLost]);
     e.shutdown().await.unwrap();
 }
 
@@ -318,8 +335,7 @@ async fn ordering_keys_under_parallel_consumers() {
                     }
                 }
                 tokio::task::yield_now().await;
-                let seqs: Vec<_> = got.iter().map(|d| d.message.seq).collect();
-                e.ack("s", &seqs).await.unwrap();
+                e.ack("s", &tokens(&got)).await.unwrap();
             }
         }));
     }
@@ -354,7 +370,7 @@ async fn delayed_delivery_survives_restart() {
         e.publish("t", vec![later, msg("now")]).await.unwrap();
         let got = e.pull("s", pull(10)).await.unwrap();
         assert_eq!(bodies(&got), vec!["now"]);
-        e.ack("s", &[2]).await.unwrap();
+        e.ack("s", &tok(&got, &[2])).await.unwrap();
         e.shutdown().await.unwrap();
     }
     let e = open(&dir).await;
@@ -390,8 +406,10 @@ async fn restart_keeps_acks_leases_and_attempts() {
         e.publish("t", batch).await.unwrap();
         let got = e.pull("s", pull(4)).await.unwrap();
         assert_eq!(got.len(), 4);
-        e.ack("s", &[1, 3]).await.unwrap();
-        e.nack("s", &[2], Some(Duration::ZERO), None).await.unwrap();
+        e.ack("s", &tok(&got, &[1, 3])).await.unwrap();
+        e.nack("s", &tok(&got, &[2]), Some(Duration::ZERO), None)
+            .await
+            .unwrap();
         // No clean shutdown: the journal alone must carry the state.
         drop(e);
     }
@@ -475,7 +493,7 @@ async fn seek_by_sequence_and_time() {
     }
     e.publish("t", vec![msg("3"), msg("4")]).await.unwrap();
     let got = e.pull("s", pull(10)).await.unwrap();
-    e.ack("s", &got.iter().map(|d| d.message.seq).collect::<Vec<_>>())
+    e.ack("s", &tokens(&got))
         .await
         .unwrap();
     e.seek("s", SeekTarget::Seq(2)).await.unwrap();
@@ -669,7 +687,7 @@ async fn flow_control_caps_in_flight_per_subscription_and_consumer() {
     let b = e.pull("s", as_consumer("b")).await.unwrap();
     let c = e.pull("s", as_consumer("c")).await.unwrap();
     assert_eq!((a.len(), b.len(), c.len()), (3, 2, 0));
-    e.ack("s", &[a[0].message.seq]).await.unwrap();
+    e.ack("s", &[a[0].token.clone()]).await.unwrap();
     assert_eq!(e.pull("s", as_consumer("c")).await.unwrap().len(), 1);
     e.shutdown().await.unwrap();
 }
@@ -689,8 +707,10 @@ async fn dead_letters_survive_a_crash_and_replay_after_restart() {
         };
         e.create_subscription("s", cfg).await.unwrap();
         e.publish("t", vec![msg("a"), msg("b")]).await.unwrap();
-        e.pull("s", pull(10)).await.unwrap();
-        e.nack("s", &[1, 2], None, Some("no".into())).await.unwrap();
+        let got = e.pull("s", pull(10)).await.unwrap();
+        e.nack("s", &tokens(&got), None, Some("no".into()))
+            .await
+            .unwrap();
         wait_until(|| async { e.subscription("s").await.unwrap().ack_floor == 3 }).await;
         drop(e);
     }
@@ -794,5 +814,228 @@ async fn dedup_after_a_crash_uses_the_checkpoint_and_the_log_after_it() {
         .unwrap();
     let got: Vec<_> = r.iter().map(|r| (r.seq, r.duplicate)).collect();
     assert_eq!(got, vec![(1, true), (102, true), (103, false)]);
+    e.shutdown().await.unwrap();
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else if entry.file_name() != "LOCK" {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+async fn open_at(dir: &std::path::Path, clock: Clock) -> Arc<EmbeddedEngine> {
+    let config = EmbeddedConfig {
+        data_dir: dir.to_path_buf(),
+        tick_interval: Duration::ZERO,
+        checkpoint_interval: Duration::ZERO,
+        retention_interval: Duration::ZERO,
+        ..EmbeddedConfig::default()
+    };
+    EmbeddedEngine::open_with_clock(config, clock).await.unwrap()
+}
+
+/// The crash window of dead-lettering, rebuilt exactly: the letters are in
+/// the dead-letter topic's log, but the subscription state that settles them
+/// is not. The restarted engine stores them again under the same ids, and the
+/// dead-letter topic keeps one copy of each, even after a downtime longer
+/// than its dedup window.
+#[tokio::test]
+async fn dead_lettering_redone_after_a_crash_stores_each_letter_once() {
+    let dir = TempDir::new().unwrap();
+    let live = dir.path().join("live");
+    let before = dir.path().join("before");
+    let (clock, at) = Clock::manual(courier_core::clock::wall_now());
+    let cfg = SubscriptionConfig {
+        ack_deadline: Duration::from_secs(1),
+        retry: RetryPolicy {
+            max_attempts: 1,
+            ..sub_config("t").retry
+        },
+        ..sub_config("t")
+    };
+    {
+        let e = open_at(&live, clock.clone()).await;
+        e.create_topic("t", TopicConfig::default()).await.unwrap();
+        e.create_subscription("s", cfg).await.unwrap();
+        e.publish("t", (0..300).map(|i| msg(&i.to_string())).collect())
+            .await
+            .unwrap();
+        assert_eq!(e.pull("s", pull(300)).await.unwrap().len(), 300);
+        e.shutdown().await.unwrap();
+    }
+    // The leases are durable and nothing is dead-lettered yet.
+    copy_dir(&live, &before);
+    at.fetch_add(5_000, std::sync::atomic::Ordering::AcqRel);
+    {
+        let e = open_at(&live, clock.clone()).await;
+        // The expired leases were the last attempts: all 300 die.
+        assert!(e.pull("s", pull(1)).await.unwrap().is_empty());
+        wait_until(|| async { e.subscription("s").await.unwrap().dead_lettered_total == 300 })
+            .await;
+        e.shutdown().await.unwrap();
+    }
+    // The crash image: subscription state from before, the dead-letter log from after.
+    let crashed = dir.path().join("crashed");
+    copy_dir(&before, &crashed);
+    copy_dir(&live.join("topics").join("s.dlq"), &crashed.join("topics").join("s.dlq"));
+    // Ten minutes later: far past the dead-letter topic's dedup window.
+    at.fetch_add(600_000, std::sync::atomic::Ordering::AcqRel);
+    let e = open_at(&crashed, clock.clone()).await;
+    assert!(e.pull("s", pull(1)).await.unwrap().is_empty());
+    wait_until(|| async { e.subscription("s").await.unwrap().dead_lettered_total == 300 }).await;
+    let dlq = e.topic("s.dlq").await.unwrap();
+    assert_eq!(dlq.messages, 300, "each letter stored once");
+    assert_eq!(e.dead_letters("s", 1000).await.unwrap().len(), 300);
+    assert_eq!(e.replay_dead_letters("s", None).await.unwrap(), 300);
+    e.shutdown().await.unwrap();
+}
+
+/// One clock, read fresh: a wall-clock step forward makes a delayed message
+/// due at once (a waiting pull notices within a tick); a step back holds it
+/// longer; lease deadlines are reported on the same clock.
+#[tokio::test]
+async fn delays_and_deadlines_follow_the_wall_clock_through_steps() {
+    let dir = TempDir::new().unwrap();
+    let start = courier_core::clock::wall_now();
+    let (clock, at) = Clock::manual(start);
+    let config = EmbeddedConfig {
+        data_dir: dir.path().to_path_buf(),
+        tick_interval: Duration::from_millis(10),
+        checkpoint_interval: Duration::ZERO,
+        retention_interval: Duration::ZERO,
+        ..EmbeddedConfig::default()
+    };
+    let e = EmbeddedEngine::open_with_clock(config, clock).await.unwrap();
+    e.create_topic("t", TopicConfig::default()).await.unwrap();
+    e.create_subscription("s", sub_config("t")).await.unwrap();
+    let delayed = NewMessage {
+        delay: Some(Duration::from_secs(3)),
+        ..msg("later")
+    };
+    e.publish("t", vec![delayed]).await.unwrap();
+    // Stepped back 10 s: not due, however long we wait in real time.
+    at.store(start - 10_000, std::sync::atomic::Ordering::Release);
+    assert!(e.pull("s", pull(1)).await.unwrap().is_empty());
+    // Stepped forward past the delivery time: a long pull returns promptly.
+    let waiting = {
+        let e = e.clone();
+        tokio::spawn(async move {
+            let request = PullRequest {
+                wait: Duration::from_secs(30),
+                ..pull(1)
+            };
+            e.pull("s", request).await.unwrap()
+        })
+    };
+    tokio::task::yield_now().await;
+    at.store(start + 3_000, std::sync::atomic::Ordering::Release);
+    let got = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the step was noticed within a tick")
+        .unwrap();
+    assert_eq!(bodies(&got), vec!["later"]);
+    assert_eq!(got[0].lease_deadline, start + 3_000 + 10_000);
+    e.shutdown().await.unwrap();
+}
+
+/// Generated ids are stored facts: the same after a restart, and pinned to
+/// their derivation (publish time, sequence, the topic's stored salt).
+#[tokio::test]
+async fn generated_ids_never_change_across_restarts() {
+    let dir = TempDir::new().unwrap();
+    let receipts = {
+        let e = open(&dir).await;
+        e.create_topic("t", TopicConfig::default()).await.unwrap();
+        let r = e.publish("t", vec![msg("a"), msg("b")]).await.unwrap();
+        e.shutdown().await.unwrap();
+        r
+    };
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("meta.json")).unwrap()).unwrap();
+    let salt = meta["topic_salts"]["t"].as_u64().expect("the salt is stored");
+    for _ in 0..2 {
+        let e = open(&dir).await;
+        let read = e.read("t", 1, 10).await.unwrap();
+        assert_eq!(
+            read.iter().map(|m| m.id.clone()).collect::<Vec<_>>(),
+            receipts.iter().map(|r| r.id.clone()).collect::<Vec<_>>()
+        );
+        let expected = ulid::Ulid::from_parts(read[0].published_at, (u128::from(salt) << 64) | 1);
+        assert_eq!(read[0].id, expected.to_string());
+        e.shutdown().await.unwrap();
+    }
+}
+
+/// A lost log tail never makes a sequence come back: a subscription that
+/// read past the new end lifts the log to where it was.
+#[tokio::test]
+async fn sequences_are_never_reused_after_a_lost_tail() {
+    let dir = TempDir::new().unwrap();
+    {
+        let e = open(&dir).await;
+        e.create_topic("t", TopicConfig::default()).await.unwrap();
+        e.create_subscription("s", sub_config("t")).await.unwrap();
+        e.publish("t", (1..=5).map(|i| msg(&i.to_string())).collect())
+            .await
+            .unwrap();
+        let got = e.pull("s", pull(10)).await.unwrap();
+        e.ack("s", &tokens(&got)).await.unwrap();
+        e.shutdown().await.unwrap();
+    }
+    // Lose record 5 (and the log's own high-water mark) while stopped.
+    let topic_dir = dir.path().join("topics").join("t");
+    let _ = std::fs::remove_file(topic_dir.join("next_seq"));
+    let segment = std::fs::read_dir(&topic_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "log"))
+        .unwrap();
+    let bytes = std::fs::read(&segment).unwrap();
+    let end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len((end - 10) as u64)
+        .unwrap();
+    let e = open(&dir).await;
+    let r = e.publish("t", vec![msg("6")]).await.unwrap();
+    assert_eq!(r[0].seq, 6, "seq 5 was given out once: it is never given again");
+    let got = e.pull("s", pull(10)).await.unwrap();
+    assert_eq!(bodies(&got), vec!["6"]);
+    e.shutdown().await.unwrap();
+}
+
+/// A thousand delayed messages ahead of a ready one do not hide it, and
+/// (unordered subscriptions) they wait in the delay index, not in memory.
+#[tokio::test(start_paused = true)]
+async fn delayed_messages_never_hide_a_ready_one() {
+    let dir = TempDir::new().unwrap();
+    let e = open(&dir).await;
+    e.create_topic("t", TopicConfig::default()).await.unwrap();
+    e.create_subscription("s", sub_config("t")).await.unwrap();
+    let delayed: Vec<_> = (0..1000)
+        .map(|i| NewMessage {
+            delay: Some(Duration::from_secs(600)),
+            ..msg(&format!("d{i}"))
+        })
+        .collect();
+    e.publish("t", delayed).await.unwrap();
+    e.publish("t", vec![msg("ready")]).await.unwrap();
+    let got = e.pull("s", pull(1)).await.unwrap();
+    assert_eq!(bodies(&got), vec!["ready"]);
+    let info = e.subscription("s").await.unwrap();
+    assert_eq!(info.waiting, 0, "delayed messages are not tracked in memory");
+    e.ack("s", &tokens(&got)).await.unwrap();
+    tokio::time::advance(Duration::from_secs(600)).await;
+    let got = e.pull("s", pull(1000)).await.unwrap();
+    assert_eq!(got.len(), 1000);
     e.shutdown().await.unwrap();
 }

@@ -18,9 +18,10 @@ impl EmbeddedEngine {
                 Some((sub, snapshot))
             })
             .collect();
-        let topics: Vec<_> = self.registry.read().topics.values().cloned().collect();
-        let topics: Vec<_> = topics
-            .into_iter()
+        let all_topics: Vec<_> = self.registry.read().topics.values().cloned().collect();
+        let topics: Vec<_> = all_topics
+            .iter()
+            .cloned()
             .map(|topic| {
                 let snapshot = topic.dedup_snapshot();
                 (topic, snapshot)
@@ -38,6 +39,10 @@ impl EmbeddedEngine {
             for (topic, snapshot) in topics {
                 store.save_dedup(&topic.name, &snapshot)?;
                 topic.dedup_saved.store(snapshot.covered, Ordering::Release);
+            }
+            for topic in all_topics {
+                topic.flush_delays()?;
+                topic.log.persist_next_seq()?;
             }
             journal.remove_before(file)
         })
@@ -93,9 +98,25 @@ impl EmbeddedEngine {
         for sub in self.subscriptions() {
             let mut st = sub.state.lock();
             sub.expire_locked(&mut st, now);
-            if st.next_wake().is_some_and(|at| at <= now) {
+            if sub.next_wake(&st).is_some_and(|at| at <= now) {
                 sub.notify.notify_waiters();
             }
+        }
+        // A delay index that outgrew its memory bound is flushed off the workers.
+        let full: Vec<_> = self
+            .registry
+            .read()
+            .topics
+            .values()
+            .filter(|t| t.delays.wants_flush())
+            .cloned()
+            .collect();
+        for topic in full {
+            self.tasks.spawn_blocking(move || {
+                if let Err(e) = topic.try_flush_delays() {
+                    tracing::error!(topic = %topic.name, error = %e, "flushing the delay index failed");
+                }
+            });
         }
     }
 
@@ -105,6 +126,9 @@ impl EmbeddedEngine {
         let topics: Vec<_> = self.registry.read().topics.values().cloned().collect();
         for topic in topics {
             let first = topic.log.enforce_retention(&topic.config.retention, now)?;
+            if first > topic.delays.floor() {
+                topic.delays.trim(first)?;
+            }
             for sub in self.subscriptions() {
                 if sub.topic.name != topic.name {
                     continue;

@@ -2,6 +2,7 @@
 //! reading them back for listing and replay.
 
 use super::*;
+use crate::state::PendingView;
 
 impl EmbeddedEngine {
     pub(super) fn start_dead_letter_worker(&self, sub: Arc<Subscription>) {
@@ -28,7 +29,9 @@ impl EmbeddedEngine {
 
     /// Moves every message of `sub` that ran out of attempts to its
     /// dead-letter topic. The copy is durable before the message is settled
-    /// here, so a crash in between dead-letters it twice rather than never.
+    /// here; a crash in between stores it again after the restart, under the
+    /// same id (see [`letter_id`]), which the dead-letter topic deduplicates
+    /// (see [`EmbeddedEngine::remember_letters`]), so it is stored once.
     async fn dead_letter(&self, sub: &Subscription) -> Result<()> {
         loop {
             let views = sub.state.lock().take_exhausted(DEAD_LETTER_BATCH);
@@ -56,13 +59,14 @@ impl EmbeddedEngine {
     async fn store_dead_letters(
         &self,
         sub: &Subscription,
-        views: &[courier_core::subscription::PendingView],
+        views: &[PendingView],
     ) -> Result<()> {
+        let dlq_topic = sub.dlq_topic();
         let dlq = {
             let mut meta = self.admin.lock().await;
-            self.create_topic_locked(&mut meta, &sub.dlq_topic, TopicConfig::default())
+            self.create_topic_locked(&mut meta, &dlq_topic, TopicConfig::default())
                 .or_else(|e| match e {
-                    Error::TopicExists(_) => self.topic_ref(&sub.dlq_topic),
+                    Error::TopicExists(_) => self.topic_ref(&dlq_topic),
                     e => Err(e),
                 })?
         };
@@ -88,11 +92,12 @@ impl EmbeddedEngine {
                 headers.insert(dlq_headers::KEY.into(), key.clone());
             }
             letters.push(NewMessage {
-                id: None,
+                id: Some(letter_id(sub.id, view)),
                 key: m.key,
                 headers,
                 body: m.body,
                 deliver_at: None,
+                delay: None,
             });
         }
         if !letters.is_empty() {
@@ -109,7 +114,7 @@ impl EmbeddedEngine {
         limit: usize,
         up_to: Option<Seq>,
     ) -> Result<(Vec<Message>, Seq)> {
-        let Ok(dlq) = self.topic_ref(&sub.dlq_topic) else {
+        let Ok(dlq) = self.topic_ref(&sub.dlq_topic()) else {
             return Ok((Vec::new(), 0));
         };
         let mut from = sub.state.lock().dlq_cursor() + 1;
@@ -133,5 +138,42 @@ impl EmbeddedEngine {
             }
         }
         Ok((out, last))
+    }
+}
+
+/// The id of a dead letter: the subscription, the message and the incarnation
+/// of its tracking (a replayed or re-sought message dies under a new one).
+pub(super) fn letter_id(sub_id: u64, view: &PendingView) -> String {
+    format!("courier-dlq.{sub_id}.{}.{}", view.seq, view.born)
+}
+
+/// Letters that may still be in doubt after a crash, per subscription that
+/// writes to a dead-letter topic: one batch whose settling was not durable
+/// yet, and one more that a subscription sharing the topic wrote meanwhile
+/// (settles are journaled in one ordered journal, so none can be further behind).
+const LETTERS_IN_DOUBT: usize = 2 * DEAD_LETTER_BATCH;
+
+impl EmbeddedEngine {
+    /// Teaches each dead-letter topic the ids of its last letters, whatever
+    /// their age, so that a dead-lettering redone after a crash (even one
+    /// longer than the topic's dedup window) is recognised as a duplicate.
+    pub(super) fn remember_letters(&self) -> Result<()> {
+        let mut writers: HashMap<String, usize> = HashMap::new();
+        for sub in self.subscriptions() {
+            *writers.entry(sub.dlq_topic()).or_default() += 1;
+        }
+        for (name, subs) in writers {
+            let Ok(dlq) = self.topic_ref(&name) else { continue };
+            let n = (LETTERS_IN_DOUBT * subs) as u64;
+            let from = dlq.log.next_seq().saturating_sub(n).max(dlq.log.first_seq());
+            let mut seq = from;
+            loop {
+                let batch = dlq.log.read(seq, 4096, 16 << 20)?;
+                let Some(last) = batch.last() else { break };
+                seq = last.seq + 1;
+                dlq.remember_ids(&batch, self.clock.now());
+            }
+        }
+        Ok(())
     }
 }

@@ -21,17 +21,18 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use courier_core::subscription::{Event, SubState};
+use crate::state::{Event, SubState};
 use courier_core::types::dlq_headers;
 use courier_core::{
-    error::validate_name, Clock, Delivery, Engine, Error, Message, NewMessage, PublishReceipt,
-    PullRequest, Result, SeekTarget, Seq, StartPosition, Stats, SubscriptionConfig,
-    SubscriptionInfo, TopicConfig, TopicInfo,
+    error::validate_name, Capabilities, Clock, Delivery, Engine, Error, LeaseToken, Message,
+    NewMessage, Outcome, PublishReceipt, PullRequest, Result, SeekTarget, Seq, StartPosition,
+    Stats, SubscriptionConfig, SubscriptionInfo, SubscriptionUpdate, Tail, TopicConfig, TopicInfo,
 };
 use parking_lot::RwLock;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::delays::DelayIndex;
 use crate::journal::Journal;
 use crate::log::TopicLog;
 use crate::meta::{Meta, MetaStore, SubscriptionMeta};
@@ -76,6 +77,11 @@ struct Registry {
 
 impl EmbeddedEngine {
     pub async fn open(config: EmbeddedConfig) -> Result<Arc<EmbeddedEngine>> {
+        Self::open_with_clock(config, Clock::system()).await
+    }
+
+    /// Opens with another clock than the system's (tests drive time with it).
+    pub async fn open_with_clock(config: EmbeddedConfig, clock: Clock) -> Result<Arc<EmbeddedEngine>> {
         config.validate()?;
         let dir = config.data_dir.clone();
         std::fs::create_dir_all(&dir)?;
@@ -86,13 +92,13 @@ impl EmbeddedEngine {
                 dir.display()
             ))
         })?;
-        let clock = Clock::new();
         let cfg = config.clone();
+        let recovery_clock = clock.clone();
         let cancel = CancellationToken::new();
         let token = cancel.clone();
         // Opening reads files; keep it off the async workers.
         let (store, meta, journal, registry) =
-            tokio::task::spawn_blocking(move || recover(&cfg, &dir, clock, &token))
+            tokio::task::spawn_blocking(move || recover(&cfg, &dir, recovery_clock, &token))
                 .await
                 .map_err(|e| Error::Storage(format!("recovery panicked: {e}")))??;
         let engine = Arc::new_cyclic(|me| EmbeddedEngine {
@@ -108,6 +114,7 @@ impl EmbeddedEngine {
             me: me.clone(),
             lock: parking_lot::Mutex::new(Some(lock)),
         });
+        engine.remember_letters()?;
         engine.checkpoint().await?;
         let subs: Vec<_> = engine
             .registry
@@ -125,6 +132,13 @@ impl EmbeddedEngine {
 
     pub fn config(&self) -> &EmbeddedConfig {
         &self.config
+    }
+
+    /// Tail counters of a topic: shared and catch-up log reads, running
+    /// readers, listeners (for tests).
+    #[doc(hidden)]
+    pub fn tail_stats(&self, topic: &str) -> Option<crate::tail::TailStats> {
+        self.topic_ref(topic).ok().map(|t| crate::tail::stats(&t))
     }
 
     fn check_open(&self) -> Result<()> {
@@ -190,9 +204,19 @@ impl EmbeddedEngine {
                 Err(Error::TopicExists(name.to_string()))
             };
         }
-        let log = TopicLog::open(&topic_dir(&self.config, name), self.config.log_options())?;
-        let topic = Arc::new(Topic::new(name.to_string(), config.clone(), log));
+        let dir = topic_dir(&self.config, name);
+        let log = TopicLog::open(&dir, self.config.log_options())?;
+        let delays = DelayIndex::open(&dir.join(DELAYS_DIR), self.config.fsync)?;
+        let salt = Topic::new_salt();
+        let topic = Arc::new(Topic::new(
+            name.to_string(),
+            config.clone(),
+            log,
+            delays,
+            salt,
+        ));
         meta.topics.insert(name.to_string(), config);
+        meta.topic_salts.insert(name.to_string(), salt);
         self.store.save(meta)?;
         self.registry
             .write()
@@ -204,8 +228,64 @@ impl EmbeddedEngine {
 
 #[async_trait]
 impl Engine for EmbeddedEngine {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::all("embedded", self.config.max_message_bytes)
+    }
+
+    async fn tail(&self, topic: &str, from: StartPosition) -> Result<Tail> {
+        self.check_open()?;
+        let topic = self.topic_ref(topic)?;
+        let log = &topic.log;
+        let from = match from {
+            StartPosition::New => log.next_seq(),
+            StartPosition::Earliest => log.first_seq(),
+            StartPosition::Seq(s) => s.clamp(1, log.next_seq()),
+            StartPosition::Time(t) => log.seq_for_time(t)?,
+        };
+        Ok(crate::tail::follow(topic, from, self.cancel.clone()))
+    }
+
+    async fn update_subscription(
+        &self,
+        name: &str,
+        update: SubscriptionUpdate,
+    ) -> Result<SubscriptionInfo> {
+        self.check_open()?;
+        let mut meta = self.admin.lock().await;
+        let sub = self.sub_ref(name)?;
+        let current = meta
+            .subscriptions
+            .get(name)
+            .ok_or_else(|| Error::SubscriptionNotFound(name.to_string()))?;
+        let config = update.applied_to(&current.config);
+        validate_subscription(name, &config)?;
+        self.capabilities().check_subscription(&config)?;
+        let dlq_name = config.dead_letter_topic_for(name);
+        if dlq_name == config.topic {
+            return Err(Error::InvalidArgument(
+                "the dead-letter topic must differ from the subscription's topic".into(),
+            ));
+        }
+        if config == current.config {
+            return Ok(sub.info());
+        }
+        self.create_topic_locked(&mut meta, &dlq_name, TopicConfig::default())
+            .or_else(|e| match e {
+                Error::TopicExists(_) => self.topic_ref(&dlq_name),
+                e => Err(e),
+            })?;
+        meta.subscriptions
+            .get_mut(name)
+            .expect("checked above")
+            .config = config.clone();
+        self.store.save(&meta)?;
+        sub.reconfigure(config).await?;
+        Ok(sub.info())
+    }
+
     async fn create_topic(&self, name: &str, config: TopicConfig) -> Result<TopicInfo> {
         self.check_open()?;
+        self.capabilities().check_topic(&config)?;
         let mut meta = self.admin.lock().await;
         let topic = self.create_topic_locked(&mut meta, name, config)?;
         Ok(self.topic_info(&topic))
@@ -228,6 +308,7 @@ impl Engine for EmbeddedEngine {
             });
         }
         meta.topics.remove(name);
+        meta.topic_salts.remove(name);
         self.store.save(&meta)?;
         self.registry.write().topics.remove(name);
         topic.log.close().await?;
@@ -258,10 +339,22 @@ impl Engine for EmbeddedEngine {
                 messages.len()
             )));
         }
-        for m in &messages {
-            self.validate_message(m)?;
-        }
+        let caps = self.capabilities();
         let now = self.clock.now();
+        let mut messages = messages;
+        for m in &mut messages {
+            caps.check_message(m)?;
+            self.validate_message(m)?;
+            if let Some(delay) = m.delay.take() {
+                if m.deliver_at.is_some() {
+                    return Err(Error::InvalidArgument(
+                        "give a delay or a delivery time, not both".into(),
+                    ));
+                }
+                let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+                m.deliver_at = (ms > 0).then(|| now.saturating_add(ms));
+            }
+        }
         if messages.iter().all(|m| m.id.is_none()) {
             return topic.publish(messages, now).await;
         }
@@ -290,6 +383,7 @@ impl Engine for EmbeddedEngine {
         self.check_open()?;
         validate_name(name)?;
         validate_subscription(name, &config)?;
+        self.capabilities().check_subscription(&config)?;
         let mut meta = self.admin.lock().await;
         if let Some(existing) = meta.subscriptions.get(name) {
             return if existing.config == config {
@@ -334,7 +428,7 @@ impl Engine for EmbeddedEngine {
             topic,
             SubState::new(config, start_seq),
             self.journal.clone(),
-            self.clock,
+            self.clock.clone(),
             self.cancel.child_token(),
         ));
         self.registry
@@ -384,30 +478,36 @@ impl Engine for EmbeddedEngine {
         }
     }
 
-    async fn ack(&self, subscription: &str, seqs: &[Seq]) -> Result<()> {
-        self.sub_ref(subscription)?.ack(seqs).await
+    async fn ack(&self, subscription: &str, tokens: &[LeaseToken]) -> Result<Vec<Outcome>> {
+        self.sub_ref(subscription)?.ack(tokens).await
     }
 
     async fn nack(
         &self,
         subscription: &str,
-        seqs: &[Seq],
+        tokens: &[LeaseToken],
         delay: Option<Duration>,
         error: Option<String>,
-    ) -> Result<()> {
-        self.sub_ref(subscription)?.nack(seqs, delay, error).await
+    ) -> Result<Vec<Outcome>> {
+        self.sub_ref(subscription)?.nack(tokens, delay, error).await
     }
 
-    async fn extend(&self, subscription: &str, seqs: &[Seq], by: Duration) -> Result<()> {
+    async fn extend(
+        &self,
+        subscription: &str,
+        tokens: &[LeaseToken],
+        by: Duration,
+    ) -> Result<Vec<Outcome>> {
         if by.is_zero() {
             return Err(Error::InvalidArgument(
                 "extend needs a positive duration".into(),
             ));
         }
-        self.sub_ref(subscription)?.extend(seqs, by).await
+        self.sub_ref(subscription)?.extend(tokens, by).await
     }
 
     async fn seek(&self, subscription: &str, target: SeekTarget) -> Result<()> {
+        self.capabilities().check_seek(&target)?;
         self.sub_ref(subscription)?.seek(target).await
     }
 
@@ -486,6 +586,9 @@ impl Engine for EmbeddedEngine {
         Ok(())
     }
 }
+
+/// The delay index's folder inside a topic's.
+const DELAYS_DIR: &str = "delays";
 
 fn topic_dir(config: &EmbeddedConfig, name: &str) -> PathBuf {
     config.data_dir.join("topics").join(name)

@@ -11,11 +11,27 @@ pub(super) fn recover(
     cancel: &CancellationToken,
 ) -> Result<Recovered> {
     std::fs::create_dir_all(dir)?;
-    let (store, meta) = MetaStore::open(dir)?;
+    let (store, mut meta) = MetaStore::open(dir)?;
+    let unsalted: Vec<String> = meta
+        .topics
+        .keys()
+        .filter(|name| !meta.topic_salts.contains_key(*name))
+        .cloned()
+        .collect();
+    if !unsalted.is_empty() {
+        for name in unsalted {
+            meta.topic_salts.insert(name.clone(), Topic::legacy_salt(&name));
+        }
+        store.save(&meta)?;
+    }
     let mut registry = Registry::default();
     for (name, topic_config) in &meta.topics {
-        let log = TopicLog::open(&topic_dir(config, name), config.log_options())?;
-        let topic = Topic::new(name.clone(), topic_config.clone(), log);
+        let dir = topic_dir(config, name);
+        let log = TopicLog::open(&dir, config.log_options())?;
+        let delays = DelayIndex::open(&dir.join(DELAYS_DIR), config.fsync)?;
+        let salt = meta.topic_salts[name];
+        let topic = Topic::new(name.clone(), topic_config.clone(), log, delays, salt);
+        topic.recover_delays()?;
         topic.recover_dedup(clock.now(), store.load_dedup(name)?)?;
         registry.topics.insert(name.clone(), Arc::new(topic));
     }
@@ -45,6 +61,15 @@ pub(super) fn recover(
         }
         state.apply(&entry.event);
     }
+    // A subscription that read further than the log now reaches (its tail
+    // was lost) proves those sequences were given out: they are never
+    // given again.
+    for (name, state, _) in states.values() {
+        let topic = &meta.subscriptions[name].config.topic;
+        if let Some(topic) = registry.topics.get(topic) {
+            topic.log.ensure_next_seq_at_least(state.next())?;
+        }
+    }
     for (id, (name, state, checkpointed)) in states {
         let sub = &meta.subscriptions[&name];
         let topic = registry
@@ -58,7 +83,7 @@ pub(super) fn recover(
             topic,
             state,
             journal.clone(),
-            clock,
+            clock.clone(),
             cancel.child_token(),
         );
         // The entries replayed above are only in the journal: the checkpoint

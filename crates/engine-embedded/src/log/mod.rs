@@ -4,13 +4,24 @@
 //! Layout of a topic directory:
 //! - `<base>.log`: records with seqs from `base` on (see [`record`] and [`frame`]);
 //! - `<base>.idx`: one u32 position per record of a sealed segment (see [`segment`]);
-//! - `first_seq`: the oldest retained seq, so trimmed messages stay trimmed.
+//! - `first_seq`: the oldest retained seq, so trimmed messages stay trimmed;
+//! - `next_seq`: a floor for the next seq, written by [`TopicLog::persist_next_seq`]
+//!   and on close, so that seqs are never given twice.
 //!
 //! Invariants:
 //! - Readers only see durable records: `next_seq` and the active segment's
 //!   in-memory index advance together, after the writer's fsync.
-//! - Seqs are contiguous within and across segments; a segment's base is the
-//!   seq of its first record.
+//! - Seqs are contiguous within a segment, and a segment's base is the seq of
+//!   its first record (or of the record it will get first, for an empty active
+//!   segment); a sealed segment's record count comes from its index.
+//! - Seqs only grow, and a seq is never given to two records, even when
+//!   records are lost: when the tail of the log was lost while it was stopped
+//!   (cut after a crash, or corrupt), its recovered end can fall below seqs
+//!   already given out, and the log then continues at the persisted `next_seq`
+//!   floor, or at one raised by [`TopicLog::ensure_next_seq_at_least`], in a
+//!   new segment. The seqs in between are a *hole* between two segments: no
+//!   record is written for them, and readers skip them. Holes only ever lie
+//!   between segments.
 //! - Memory per topic is the active segment's index (4 bytes per record) plus
 //!   a few bytes per segment; sealed segments are read through their index files.
 //!
@@ -51,6 +62,7 @@ use writer::{Cmd, Writer};
 const MAX_SEGMENT_BYTES: u64 = 1 << 30;
 
 const FIRST_SEQ_FILE: &str = "first_seq";
+const NEXT_SEQ_FILE: &str = "next_seq";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogOptions {
@@ -118,8 +130,25 @@ struct Shared {
     state: RwLock<State>,
     cache: segment::Cache,
     watch: watch::Sender<Seq>,
-    /// Serializes retention runs; readers and the writer never take it.
+    /// Serializes the runs of retention and the writer's raising of next_seq
+    /// (both move first_seq); readers never take it.
     retention: Mutex<()>,
+    /// The `next_seq` floor last written to its file; the lock serializes writes.
+    persisted_next: Mutex<Seq>,
+}
+
+impl Shared {
+    /// Writes the current `next_seq` to the `next_seq` file, unless it is
+    /// there already.
+    fn persist_next_seq(&self) -> Result<()> {
+        let mut persisted = self.persisted_next.lock();
+        let next = self.state.read().next_seq;
+        if next > *persisted {
+            write_seq_file(&self.dir, NEXT_SEQ_FILE, next, self.opts.fsync)?;
+            *persisted = next;
+        }
+        Ok(())
+    }
 }
 
 /// The durable shape of the log, as readers may see it.
@@ -135,6 +164,9 @@ struct State {
 
 struct SealedInfo {
     base: Seq,
+    /// Records in the segment: `base..base + count`. The next segment may
+    /// start above `base + count` (a hole).
+    count: u64,
     log_len: u64,
     idx_len: u64,
 }
@@ -155,24 +187,64 @@ enum Place {
 }
 
 impl State {
-    /// Where `seq` lives; `None` if it is below every segment (trimmed).
-    fn place(&self, seq: Seq) -> Option<Place> {
-        if seq >= self.active.base {
-            return Some(Place::Active);
+    /// The first record with a seq at or above `seq`: where it lives and its
+    /// seq, skipping holes and segments below `seq`. `None` if there is none.
+    /// (It may be below `first_seq` if its file is still there.)
+    fn seek(&self, seq: Seq) -> Option<(Place, Seq)> {
+        if seq >= self.next_seq {
+            return None;
         }
-        let i = self
+        let mut seq = seq;
+        if seq < self.active.base {
+            let mut i = self.sealed.partition_point(|s| s.base <= seq);
+            if i == 0 {
+                // Below every segment: start at the first one.
+                match self.sealed.front() {
+                    Some(s) => seq = s.base,
+                    None => seq = self.active.base,
+                }
+            } else {
+                i -= 1;
+            }
+            while let Some(s) = self.sealed.get(i) {
+                if seq < s.base + s.count {
+                    return Some((
+                        Place::Sealed {
+                            base: s.base,
+                            count: s.count,
+                        },
+                        seq,
+                    ));
+                }
+                i += 1;
+                seq = self.sealed.get(i).map_or(self.active.base, |n| n.base);
+            }
+        }
+        (seq < self.next_seq).then_some((Place::Active, seq))
+    }
+
+    /// The seq of the last record in the segments, if any.
+    fn last_record(&self) -> Option<Seq> {
+        if self.next_seq > self.active.base {
+            return Some(self.next_seq - 1);
+        }
+        self.sealed
+            .iter()
+            .rev()
+            .find(|s| s.count > 0)
+            .map(|s| s.base + s.count - 1)
+    }
+
+    /// Records at or above `first_seq`.
+    fn retained(&self) -> u64 {
+        let segments = self
             .sealed
-            .partition_point(|s| s.base <= seq)
-            .checked_sub(1)?;
-        let base = self.sealed[i].base;
-        let end = self
-            .sealed
-            .get(i + 1)
-            .map_or(self.active.base, |next| next.base);
-        Some(Place::Sealed {
-            base,
-            count: end - base,
-        })
+            .iter()
+            .map(|s| (s.base, s.count))
+            .chain([(self.active.base, self.active.positions.len() as u64)]);
+        segments
+            .map(|(base, count)| count - self.first_seq.saturating_sub(base).min(count))
+            .sum()
     }
 }
 
@@ -209,6 +281,10 @@ impl TopicLog {
     /// cut off, or, with pre-allocation, overwritten with zeros where it is not
     /// zeros already (so a torn write is never served, and cannot later pass
     /// for records once appends have overwritten part of it).
+    ///
+    /// If the records kept end below the persisted `next_seq` floor (records
+    /// lost from the tail), the log continues at that floor, leaving a hole
+    /// (see [`TopicLog::ensure_next_seq_at_least`]).
     pub fn open(dir: &Path, opts: LogOptions) -> Result<TopicLog> {
         let segment_bytes = opts.segment_bytes.clamp(1, MAX_SEGMENT_BYTES);
         let opts = LogOptions {
@@ -217,7 +293,8 @@ impl TopicLog {
             ..opts
         };
         fs::create_dir_all(dir)?;
-        let persisted_first = read_first_seq(dir);
+        let persisted_first = read_seq_file(dir, FIRST_SEQ_FILE);
+        let persisted_next = read_seq_file(dir, NEXT_SEQ_FILE);
         let mut bases = segment::list(dir)?;
         if bases.is_empty() {
             let base = persisted_first.unwrap_or(1).max(1);
@@ -270,12 +347,13 @@ impl TopicLog {
         }
         let mut sealed = VecDeque::with_capacity(bases.len());
         for &base in &bases[..bases.len() - 1] {
+            let count = segment::sealed_count(dir, base, opts.fsync)?;
             let log_len = fs::metadata(log_path(dir, base))?.len();
-            let idx_len = fs::metadata(segment::idx_path(dir, base)).map_or(0, |m| m.len());
             sealed.push_back(SealedInfo {
                 base,
+                count,
                 log_len,
-                idx_len,
+                idx_len: count * 4,
             });
         }
         let next_seq = last + scanned.positions.len() as u64;
@@ -298,6 +376,7 @@ impl TopicLog {
             state: RwLock::new(state),
             watch: watch::Sender::new(next_seq),
             retention: Mutex::new(()),
+            persisted_next: Mutex::new(persisted_next.unwrap_or(0)),
         });
         let (tx, rx) = mpsc::channel();
         let log = TopicLog {
@@ -307,16 +386,53 @@ impl TopicLog {
             }),
         };
         // Keeps published_at from going backwards across a restart.
-        let last_published = match scanned.last_published_at {
-            Some(t) => t,
-            None if next_seq > first_seq => log.published_at(next_seq - 1).unwrap_or(0),
-            None => 0,
+        let last_record = log.inner.shared.state.read().last_record();
+        let last_published = match (scanned.last_published_at, last_record) {
+            (Some(t), _) => t,
+            (None, Some(seq)) => log.published_at(seq).ok().flatten().map_or(0, |(_, t)| t),
+            (None, None) => 0,
         };
         let writer = Writer::new(shared, last_published, capacity);
         std::thread::Builder::new()
             .name("courier-log-writer".into())
             .spawn(move || writer.run(rx))?;
+        if let Some(floor) = persisted_next.filter(|&floor| floor > next_seq) {
+            log.ensure_next_seq_at_least(floor)?;
+        }
         Ok(log)
+    }
+
+    /// Makes sure the next append gets a seq of at least `floor`: if the log
+    /// ends below it, the log continues in a new segment based at `floor`, and
+    /// the seqs from the old end up to `floor` become a hole, for good (no
+    /// record is written for them, reads skip them, and a warning says how
+    /// many were lost). Does nothing if `next_seq >= floor`.
+    ///
+    /// For the seqs the log gave out before its tail was lost, as known from
+    /// outside (say from subscriptions' acks). Goes through the writer thread,
+    /// in order with appends, and blocks until it is done: call it off the
+    /// async workers, typically right after opening. Fails with
+    /// [`Error::ShuttingDown`] once the log is closed.
+    pub fn ensure_next_seq_at_least(&self, floor: Seq) -> Result<()> {
+        if self.next_seq() >= floor {
+            return Ok(());
+        }
+        let (reply, rx) = mpsc::channel();
+        self.inner
+            .tx
+            .send(Cmd::Raise { floor, reply })
+            .map_err(|_| Error::ShuttingDown)?;
+        rx.recv().map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Writes the current `next_seq` to the log's `next_seq` file (atomically,
+    /// and durably if the log fsyncs), unless it is there already. On open, the
+    /// log continues at that floor at least, so that the seqs it gave out are
+    /// never given again even if the tail of the log is lost. [`close`](Self::close)
+    /// writes it too. It blocks on file I/O: call it off the async workers
+    /// (say from a periodic checkpoint).
+    pub fn persist_next_seq(&self) -> Result<()> {
+        self.inner.shared.persist_next_seq()
     }
 
     /// Appends `records` in order with contiguous seqs and returns once they
@@ -339,6 +455,8 @@ impl TopicLog {
 
     /// Reads up to `max` messages with seq >= max(`from`, first_seq), stopping
     /// once about `max_bytes` of records are read (but returning at least one).
+    /// Their seqs increase strictly; they are contiguous except across a hole
+    /// (see the module docs), which is skipped.
     /// The bodies share one buffer per segment run instead of being copied.
     pub fn read(&self, from: Seq, max: usize, max_bytes: usize) -> Result<Vec<Message>> {
         let mut out = Vec::new();
@@ -377,7 +495,8 @@ impl TopicLog {
         Ok(out)
     }
 
-    /// Plans the next run of records to read from `seq` on, within one segment.
+    /// Plans the next run of records to read from the first one at or after
+    /// `seq`, within one segment.
     fn plan(
         &self,
         seq: Seq,
@@ -392,11 +511,10 @@ impl TopicLog {
         loop {
             let (seq, base, count) = {
                 let st = shared.state.read();
-                let seq = seq.max(st.first_seq);
-                if seq >= st.next_seq {
+                let Some((place, seq)) = st.seek(seq.max(st.first_seq)) else {
                     return Ok(None);
-                }
-                match st.place(seq).ok_or_else(|| trimmed(seq))? {
+                };
+                match place {
                     Place::Active => {
                         let a = &st.active;
                         let i = (seq - a.base) as usize;
@@ -445,7 +563,8 @@ impl TopicLog {
         }
     }
 
-    /// The message with this seq, if it is retained and durable.
+    /// The message with this seq, if it is retained and durable (`None` for a
+    /// seq in a hole).
     pub fn read_one(&self, seq: Seq) -> Result<Option<Message>> {
         if seq < self.first_seq() {
             return Ok(None);
@@ -453,19 +572,21 @@ impl TopicLog {
         Ok(self.read(seq, 1, 0)?.pop().filter(|m| m.seq == seq))
     }
 
-    /// Oldest retained seq; equals `next_seq` when nothing is retained.
+    /// No seq below it is retained; equals `next_seq` when nothing is retained.
+    /// (The oldest retained record may be above it, after a hole.)
     pub fn first_seq(&self) -> Seq {
         self.inner.shared.state.read().first_seq
     }
 
-    /// The seq the next durable record gets; readers see every seq below it.
+    /// The seq the next durable record gets; readers see every record below it.
     pub fn next_seq(&self) -> Seq {
         self.inner.shared.state.read().next_seq
     }
 
     /// The first retained seq published at or after `t` (`next_seq` if none):
     /// a binary search over seqs, two short preads per probe, since
-    /// published_at never decreases along the log.
+    /// published_at never decreases along the log. A probe in a hole reads
+    /// the first record after it.
     pub fn seq_for_time(&self, t: Millis) -> Result<Seq> {
         let (mut lo, mut hi) = {
             let st = self.inner.shared.state.read();
@@ -473,29 +594,32 @@ impl TopicLog {
         };
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            if self.published_at(mid)? < t {
-                lo = mid + 1;
-            } else {
-                hi = mid;
+            match self.published_at(mid)? {
+                Some((seq, at)) if at < t => lo = seq + 1,
+                _ => hi = mid,
             }
         }
-        Ok(lo)
+        // `lo` may be in a hole: the answer is the record after it.
+        let st = self.inner.shared.state.read();
+        Ok(st
+            .seek(lo.max(st.first_seq))
+            .map_or(st.next_seq, |(_, seq)| seq))
     }
 
-    /// Where record `seq` starts, and the file holding it.
-    fn locate(&self, seq: Seq) -> Result<(ChunkFile, u64)> {
+    /// The first record at or after `seq`: its seq, where it starts and the
+    /// file holding it; `None` if there is none.
+    fn locate(&self, seq: Seq) -> Result<Option<(Seq, ChunkFile, u64)>> {
         let shared = &self.inner.shared;
-        let (base, count) = {
+        let (seq, base, count) = {
             let st = shared.state.read();
-            if seq >= st.next_seq {
-                return Err(Error::Storage(format!("seq {seq} is not in the log")));
-            }
-            match st.place(seq).ok_or_else(|| trimmed(seq))? {
-                Place::Active => {
+            match st.seek(seq) {
+                None => return Ok(None),
+                Some((Place::Active, seq)) => {
                     let pos = st.active.positions[(seq - st.active.base) as usize];
-                    return Ok((ChunkFile::Active(st.active.file.clone()), pos as u64));
+                    let file = ChunkFile::Active(st.active.file.clone());
+                    return Ok(Some((seq, file, pos as u64)));
                 }
-                Place::Sealed { base, count } => (base, count),
+                Some((Place::Sealed { base, count }, seq)) => (seq, base, count),
             }
         };
         let seg = shared.cache.get(base, count)?;
@@ -505,22 +629,24 @@ impl TopicLog {
             )));
         }
         let pos = seg.positions(seq - base, 1)?[0] as u64;
-        Ok((ChunkFile::Sealed(seg), pos))
+        Ok(Some((seq, ChunkFile::Sealed(seg), pos)))
     }
 
-    /// The publish time of `seq`. A seq trimmed meanwhile by retention counts
-    /// as older than anything retained, so a search racing retention moves on.
-    fn published_at(&self, seq: Seq) -> Result<Millis> {
-        let read = |seq| -> Result<Millis> {
-            let (file, pos) = self.locate(seq)?;
+    /// The seq and publish time of the first record at or after `seq`, if
+    /// any. A seq trimmed meanwhile by retention counts as older than anything
+    /// retained, so a search racing retention moves on.
+    fn published_at(&self, seq: Seq) -> Result<Option<(Seq, Millis)>> {
+        let read = |seq| -> Result<Option<(Seq, Millis)>> {
+            let Some((seq, file, pos)) = self.locate(seq)? else {
+                return Ok(None);
+            };
             let mut prefix = [0u8; record::TIME_PREFIX];
             file.file().read_exact_at(&mut prefix, pos)?;
-            Ok(u64::from_le_bytes(
-                prefix[frame::HEADER + 8..].try_into().expect("8 bytes"),
-            ))
+            let at = u64::from_le_bytes(prefix[frame::HEADER + 8..].try_into().expect("8 bytes"));
+            Ok(Some((seq, at)))
         };
         match read(seq) {
-            Err(_) if seq < self.first_seq() => Ok(0),
+            Err(_) if seq < self.first_seq() => Ok(Some((seq, 0))),
             result => result,
         }
     }
@@ -529,8 +655,8 @@ impl TopicLog {
     ///
     /// Each limit moves first_seq (persisted before any file is deleted); only
     /// sealed segments entirely below it are deleted, so the disk usage can
-    /// exceed `max_bytes` by up to one segment. `max_bytes` counts record bytes
-    /// in `.log` files.
+    /// exceed `max_bytes` by up to one segment. `max_messages` counts records
+    /// (not the seqs of a hole); `max_bytes` counts record bytes in `.log` files.
     pub fn enforce_retention(&self, retention: &Retention, now: Millis) -> Result<Seq> {
         let shared = &self.inner.shared;
         let _serial = shared.retention.lock();
@@ -540,7 +666,7 @@ impl TopicLog {
         };
         let mut target = first;
         if let Some(max) = retention.max_messages {
-            target = target.max(next.saturating_sub(max));
+            target = target.max(self.seq_for_count(max));
         }
         if let Some(age) = retention.max_age {
             let cutoff = now.saturating_sub(age.as_millis() as u64);
@@ -549,17 +675,22 @@ impl TopicLog {
         if let Some(max) = retention.max_bytes {
             target = target.max(self.seq_for_bytes(max)?);
         }
-        let target = target.min(next);
+        // A cut in a hole moves on to the record after it.
+        let target = {
+            let st = shared.state.read();
+            st.seek(target.min(next))
+                .map_or(st.next_seq, |(_, seq)| seq)
+                .max(st.first_seq)
+        };
         if target > first {
             shared.state.write().first_seq = target;
-            write_first_seq(&shared.dir, target, shared.opts.fsync)?;
+            write_seq_file(&shared.dir, FIRST_SEQ_FILE, target, shared.opts.fsync)?;
         }
         let doomed: Vec<SealedInfo> = {
             let mut st = shared.state.write();
             let mut doomed = Vec::new();
-            while !st.sealed.is_empty() {
-                let end = st.sealed.get(1).map_or(st.active.base, |s| s.base);
-                if end > st.first_seq {
+            while let Some(s) = st.sealed.front() {
+                if s.base + s.count > st.first_seq {
                     break;
                 }
                 doomed.extend(st.sealed.pop_front());
@@ -586,6 +717,24 @@ impl TopicLog {
         Ok(self.first_seq())
     }
 
+    /// The smallest seq from which the log holds at most `max` records.
+    fn seq_for_count(&self, max: u64) -> Seq {
+        let st = self.inner.shared.state.read();
+        let segments = st
+            .sealed
+            .iter()
+            .map(|s| (s.base, s.count))
+            .chain([(st.active.base, st.active.positions.len() as u64)]);
+        let mut left = max;
+        for (base, count) in segments.rev() {
+            if count >= left {
+                return base + count - left;
+            }
+            left -= count;
+        }
+        0
+    }
+
     /// The smallest seq from which the retained records fit in `max_bytes`.
     fn seq_for_bytes(&self, max_bytes: u64) -> Result<Seq> {
         let segments: Vec<(Seq, u64, u64)> = {
@@ -593,11 +742,7 @@ impl TopicLog {
             let mut v: Vec<_> = st
                 .sealed
                 .iter()
-                .enumerate()
-                .map(|(i, s)| {
-                    let end = st.sealed.get(i + 1).map_or(st.active.base, |n| n.base);
-                    (s.base, end - s.base, s.log_len)
-                })
+                .map(|s| (s.base, s.count, s.log_len))
                 .collect();
             v.push((
                 st.active.base,
@@ -618,7 +763,8 @@ impl TopicLog {
             let (mut lo, mut hi) = (0u64, count);
             while lo < hi {
                 let mid = lo + (hi - lo) / 2;
-                if self.locate(base + mid)?.1 < threshold {
+                let pos = self.locate(base + mid)?.map_or(u64::MAX, |(_, _, pos)| pos);
+                if pos < threshold {
                     lo = mid + 1;
                 } else {
                     hi = mid;
@@ -629,14 +775,14 @@ impl TopicLog {
         Ok(segments[0].0)
     }
 
-    /// (messages retained, bytes of records and indexes). This is the size of
+    /// (records retained, bytes of records and indexes). This is the size of
     /// the segment and index files on disk, except that the active segment
     /// counts only its records: with pre-allocation its file is larger (see
     /// the module docs).
     pub fn usage(&self) -> (u64, u64) {
         let st = self.inner.shared.state.read();
         let sealed: u64 = st.sealed.iter().map(|s| s.log_len + s.idx_len).sum();
-        (st.next_seq - st.first_seq, sealed + st.active.len)
+        (st.retained(), sealed + st.active.len)
     }
 
     /// A watch of `next_seq`, updated after each durable commit.
@@ -644,8 +790,9 @@ impl TopicLog {
         self.inner.shared.watch.subscribe()
     }
 
-    /// Commits what is queued, then stops the writer; appends made after this
-    /// fail with [`Error::ShuttingDown`]. Reads keep working.
+    /// Commits what is queued, writes the `next_seq` floor (see
+    /// [`persist_next_seq`](Self::persist_next_seq)), then stops the writer;
+    /// appends made after this fail with [`Error::ShuttingDown`]. Reads keep working.
     pub async fn close(&self) -> Result<()> {
         let (reply, rx) = oneshot::channel();
         if self.inner.tx.send(Cmd::Close(reply)).is_err() {
@@ -688,29 +835,31 @@ fn span(
     (start, end_of(count), count)
 }
 
-fn trimmed(seq: Seq) -> Error {
-    Error::Storage(format!("seq {seq} is no longer retained"))
-}
-
-fn read_first_seq(dir: &Path) -> Option<Seq> {
-    let text = fs::read_to_string(dir.join(FIRST_SEQ_FILE)).ok()?;
+/// A seq kept in a small file of the log's directory (`first_seq`, `next_seq`).
+fn read_seq_file(dir: &Path, name: &str) -> Option<Seq> {
+    let text = fs::read_to_string(dir.join(name)).ok()?;
     match text.trim().parse() {
         Ok(seq) => Some(seq),
         Err(_) => {
-            tracing::warn!(dir = %dir.display(), "ignoring unreadable first_seq file");
+            tracing::warn!(dir = %dir.display(), "ignoring unreadable {name} file");
             None
         }
     }
 }
 
-fn write_first_seq(dir: &Path, seq: Seq, fsync: bool) -> Result<()> {
-    let tmp = dir.join("first_seq.tmp");
+/// Replaces the file `name` with one holding `seq`: written to a temporary
+/// file, synced, renamed over it, and the directory synced (when `fsync`).
+fn write_seq_file(dir: &Path, name: &str, seq: Seq, fsync: bool) -> Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
     let mut file = File::create(&tmp)?;
     writeln!(file, "{seq}")?;
     if fsync {
         file.sync_data()?;
     }
-    fs::rename(&tmp, dir.join(FIRST_SEQ_FILE))?;
+    fs::rename(&tmp, dir.join(name))?;
+    if fsync {
+        segment::sync_dir(dir)?;
+    }
     Ok(())
 }
 

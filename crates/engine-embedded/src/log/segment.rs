@@ -8,6 +8,12 @@
 //! lives in memory (it is rebuilt by scanning on open), so recovery reads one
 //! segment whatever the size of the log.
 //!
+//! A sealed segment's record count is the length of its index / 4, not the
+//! distance to the next segment's base: after a lost tail the log may go on
+//! at a higher seq (see the log's module docs), leaving a hole between them.
+//! An index is trusted when its last position holds a record with the
+//! expected seq that ends the file (sealed segments are cut to their records).
+//!
 //! Pre-allocation (on by default, see [`super::LogOptions::preallocate`]):
 //! the active segment's file usually extends past its records into space that
 //! was filled with zeros (written, not just `fallocate`d, and fsynced) before
@@ -171,7 +177,8 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
 /// A sealed (not last) segment, opened for reading.
 pub(crate) struct Sealed {
     pub base: Seq,
-    /// Records present; fewer than the seq range only if the segment was damaged.
+    /// Records present: fewer than the log's state expects only if the
+    /// segment was damaged since the log was opened.
     pub count: u64,
     pub log: File,
     idx: File,
@@ -186,7 +193,7 @@ impl Sealed {
         let log = File::open(log_path(dir, base))?;
         let log_len = log.metadata()?.len();
         if let Ok(idx) = File::open(idx_path(dir, base)) {
-            if idx.metadata()?.len() == expected * 4 {
+            if idx.metadata()?.len() == expected * 4 && index_fits(&log, log_len, &idx, base)? {
                 return Ok(Sealed {
                     base,
                     count: expected,
@@ -227,6 +234,61 @@ impl Sealed {
             .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
             .collect())
     }
+}
+
+/// Whether the index `idx` of a sealed segment matches its log: its last
+/// position must hold a frame with the seq that the index length implies, and
+/// that frame must end the file. One short read, so that a truncated or stale
+/// index is not taken for a smaller segment (which would read as a hole).
+fn index_fits(log: &File, log_len: u64, idx: &File, base: Seq) -> Result<bool> {
+    let idx_len = idx.metadata()?.len();
+    if idx_len % 4 != 0 {
+        return Ok(false);
+    }
+    let count = idx_len / 4;
+    if count == 0 {
+        return Ok(log_len == 0);
+    }
+    let mut raw = [0u8; 4];
+    idx.read_exact_at(&mut raw, idx_len - 4)?;
+    let pos = u32::from_le_bytes(raw) as u64;
+    let mut head = [0u8; frame::HEADER + 8];
+    if pos + head.len() as u64 > log_len {
+        return Ok(false);
+    }
+    log.read_exact_at(&mut head, pos)?;
+    let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as u64;
+    let seq = u64::from_le_bytes(head[frame::HEADER..].try_into().expect("8 bytes"));
+    Ok(pos + frame::HEADER as u64 + len == log_len && seq == base + count - 1)
+}
+
+/// The number of records of a sealed segment, from its index; an index that
+/// is missing or does not match its log (see [`index_fits`]) is rebuilt by
+/// scanning the segment. Used when the log is opened.
+pub(crate) fn sealed_count(dir: &Path, base: Seq, fsync: bool) -> Result<u64> {
+    let log = File::open(log_path(dir, base))?;
+    let log_len = log.metadata()?.len();
+    match File::open(idx_path(dir, base)) {
+        Ok(idx) => {
+            if index_fits(&log, log_len, &idx, base)? {
+                return Ok(idx.metadata()?.len() / 4);
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    let scanned = scan(&log, base)?;
+    if scanned.valid_len != scanned.file_len {
+        tracing::warn!(
+            segment = base,
+            found = scanned.positions.len(),
+            "sealed segment is damaged; serving its intact prefix"
+        );
+    } else {
+        tracing::info!(segment = base, "rebuilt missing or stale segment index");
+    }
+    write_index(dir, base, &scanned.positions, fsync)?;
+    Ok(scanned.positions.len() as u64)
 }
 
 /// A small most-recently-used cache of open sealed segments, so reads of old

@@ -11,6 +11,11 @@
 //! It is a plain thread rather than a tokio task because it spends its life in
 //! blocking syscalls (`pwrite`, `fdatasync`).
 //!
+//! Raising the next seq ([`Cmd::Raise`]) goes through it too, in order with the
+//! appends: it commits what is staged, then continues the log in a new segment
+//! based at the floor (sealing the active segment, or replacing it if it holds
+//! no record), so the seqs in between are a hole that nothing is written for.
+//!
 //! With pre-allocation it also keeps zero-filled space ahead of itself in the
 //! active segment: after a commit leaves less than half of
 //! [`LogOptions::preallocate`](super::LogOptions::preallocate) ahead, a
@@ -25,11 +30,11 @@
 //! be laid ahead of it, so its groups are large and an inode update per commit
 //! costs them little, while waiting for fills would not.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -59,6 +64,12 @@ pub(super) enum Cmd {
     Append {
         records: Vec<AppendRecord>,
         reply: oneshot::Sender<Result<Appended>>,
+    },
+    /// Continue the log at `floor` at least (see [`Writer::raise`]).
+    /// Answered on a plain channel: the caller blocks, maybe outside tokio.
+    Raise {
+        floor: Seq,
+        reply: mpsc::Sender<Result<()>>,
     },
     Close(oneshot::Sender<Result<()>>),
 }
@@ -144,6 +155,9 @@ impl Writer {
             while let Some(cmd) = next.take() {
                 match cmd {
                     Cmd::Append { records, reply } => self.stage(records, reply),
+                    Cmd::Raise { floor, reply } => {
+                        let _ = reply.send(self.raise(floor));
+                    }
                     Cmd::Close(reply) => {
                         closing = Some(reply);
                         break;
@@ -157,15 +171,21 @@ impl Writer {
             if let Some(reply) = closing {
                 // Before answering: the directory may be removed right after.
                 self.finish_zero_fill(true);
+                // Every seq below next_seq has been given out: a restart must
+                // not give them again, whatever happens to the tail meanwhile.
+                let persisted = self.shared.persist_next_seq();
                 let result = match &self.failed {
                     Some(why) => Err(Error::Storage(why.clone())),
-                    None => Ok(()),
+                    None => persisted,
                 };
                 let _ = reply.send(result);
                 // Whatever raced with close is refused, never half-written.
                 while let Ok(cmd) = rx.try_recv() {
                     match cmd {
                         Cmd::Append { reply, .. } => {
+                            let _ = reply.send(Err(Error::ShuttingDown));
+                        }
+                        Cmd::Raise { reply, .. } => {
                             let _ = reply.send(Err(Error::ShuttingDown));
                         }
                         Cmd::Close(reply) => {
@@ -190,7 +210,7 @@ impl Writer {
         if full {
             self.commit();
             if self.failed.is_none() {
-                if let Err(e) = self.roll() {
+                if let Err(e) = self.roll(self.next_seq) {
                     self.fail(format!("rolling segment failed: {e}"));
                 }
             }
@@ -281,10 +301,10 @@ impl Writer {
     }
 
     /// Seals the active segment (its data is already synced by `commit`) and
-    /// starts the next one. The segment is cut to its records and its index
-    /// made durable before the new file exists, which is what lets recovery
-    /// trust every segment but the last.
-    fn roll(&mut self) -> Result<()> {
+    /// starts the next one at `base` (`next_seq`, or above it for a hole). The
+    /// segment is cut to its records and its index made durable before the new
+    /// file exists, which is what lets recovery trust every segment but the last.
+    fn roll(&mut self, base: Seq) -> Result<()> {
         let fsync = self.shared.opts.fsync;
         self.finish_zero_fill(true);
         if matches!(self.zero_fill, ZeroFill::Backoff { .. }) {
@@ -299,7 +319,6 @@ impl Writer {
         }
         let positions = self.shared.state.read().active.positions.clone();
         segment::write_index(&self.shared.dir, self.base, &positions, fsync)?;
-        let base = self.next_seq;
         let path = log_path(&self.shared.dir, base);
         let file = OpenOptions::new()
             .read(true)
@@ -324,15 +343,107 @@ impl Writer {
             );
             st.sealed.push_back(SealedInfo {
                 base: old.base,
+                count: old.positions.len() as u64,
                 log_len: old.len,
                 idx_len: old.positions.len() as u64 * 4,
             });
+            st.next_seq = st.next_seq.max(base);
         }
         self.file = file;
         self.base = base;
+        self.next_seq = self.next_seq.max(base);
         self.durable_len = 0;
         self.capacity = 0;
         self.durable_count = 0;
+        Ok(())
+    }
+
+    /// Replaces the active segment, which holds no record, by an empty one at
+    /// `base`. The new file exists before the old one is removed: a crash in
+    /// between leaves an empty sealed segment, which reads as nothing.
+    fn restart_at(&mut self, base: Seq) -> Result<()> {
+        let fsync = self.shared.opts.fsync;
+        self.finish_zero_fill(true);
+        if matches!(self.zero_fill, ZeroFill::Backoff { .. }) {
+            // It counts bytes of the old segment.
+            self.zero_fill = ZeroFill::Idle;
+        }
+        let dir = &self.shared.dir;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(log_path(dir, base))?;
+        if fsync {
+            segment::sync_dir(dir)?;
+        }
+        let file = Arc::new(file);
+        {
+            let mut st = self.shared.state.write();
+            st.active = Active {
+                base,
+                file: file.clone(),
+                positions: Vec::new(),
+                len: 0,
+            };
+            st.next_seq = st.next_seq.max(base);
+        }
+        let old = self.base;
+        self.file = file;
+        self.base = base;
+        self.next_seq = self.next_seq.max(base);
+        self.durable_len = 0;
+        self.capacity = 0;
+        self.durable_count = 0;
+        fs::remove_file(log_path(dir, old))?;
+        if fsync {
+            segment::sync_dir(dir)?;
+        }
+        Ok(())
+    }
+
+    /// Makes the next append get `floor` at least: commits what is staged,
+    /// then, if the log ends below `floor`, continues it in a new segment
+    /// based at `floor`. The seqs in between are lost for good (a hole).
+    fn raise(&mut self, floor: Seq) -> Result<()> {
+        self.commit();
+        if let Some(why) = &self.failed {
+            return Err(Error::Storage(why.clone()));
+        }
+        if floor <= self.next_seq {
+            return Ok(());
+        }
+        let shared = self.shared.clone();
+        // first_seq may move too; retention is the other one that moves it.
+        let _serial = shared.retention.lock();
+        let from = self.next_seq;
+        tracing::warn!(
+            dir = %shared.dir.display(),
+            lost = floor - from,
+            "seqs {from}..{floor} were given out but their records are lost; the log continues at {floor}"
+        );
+        let moved = if self.durable_count == 0 {
+            self.restart_at(floor)
+        } else {
+            self.roll(floor)
+        };
+        if let Err(e) = moved {
+            self.fail(format!("continuing the log at seq {floor} failed: {e}"));
+            return Err(e);
+        }
+        // Nothing retained before: nothing is after the hole either.
+        let empty = {
+            let mut st = shared.state.write();
+            let empty = st.first_seq >= from;
+            if empty {
+                st.first_seq = floor;
+            }
+            empty
+        };
+        shared.watch.send_replace(floor);
+        if empty {
+            super::write_seq_file(&shared.dir, super::FIRST_SEQ_FILE, floor, shared.opts.fsync)?;
+        }
         Ok(())
     }
 

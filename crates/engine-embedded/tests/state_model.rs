@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use courier_core::subscription::{Counters, Event, Scanned, Snapshot, SubState, TRACK_LIMIT};
+use courier_embedded::state::{Counters, Event, Scanned, Snapshot, SubState, TRACK_LIMIT};
 use courier_core::types::{Millis, RetryPolicy, Seq, SubscriptionConfig};
 use proptest::prelude::*;
 

@@ -1,4 +1,4 @@
-//! The subscription state machine: which messages of a topic a subscription
+//! The embedded engine's subscription state machine: which messages of a topic a subscription
 //! has settled, which are leased to whom, which wait for a retry or a delivery
 //! time, and which are blocked behind an earlier message of the same ordering key.
 //!
@@ -24,15 +24,13 @@
 //!   replayed dead letter sorted before it), so one message per key is in
 //!   flight and keys are delivered in order.
 
-mod backoff;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Millis, Seq, SubscriptionConfig};
+use courier_core::types::{Millis, Outcome, RetryPolicy, Seq, SubscriptionConfig};
 
 /// What an engine read from the log about one message, when it is more than
 /// a plain message: it has an ordering key (recorded only for ordered
@@ -53,6 +51,17 @@ pub enum Event {
         to: Seq,
         at: Millis,
         meta: Vec<Scanned>,
+        /// Ranges `[from, to)` inside the scan not to track: delayed messages
+        /// that the topic's delay index hands over when due, and holes left
+        /// by a lost log tail.
+        skip: Vec<(Seq, Seq)>,
+    },
+    /// Delayed messages came due in the topic's delay index: tracked from
+    /// now on (those at or above `floor` and below `next`), and the index has
+    /// been consumed up to `cursor`.
+    Due {
+        seqs: Vec<(Seq, Millis)>,
+        cursor: (Millis, Seq),
     },
     Leased {
         consumer: String,
@@ -86,6 +95,14 @@ pub enum Event {
     Trimmed {
         first: Seq,
     },
+    /// The subscription's settings changed (its topic, start and ordering never do).
+    Reconfigured {
+        ack_deadline_ms: u64,
+        max_in_flight: u32,
+        max_in_flight_per_consumer: u32,
+        retry: RetryPolicy,
+        dead_letter_topic: Option<String>,
+    },
     /// Dead letters put back with fresh attempts; `dlq_cursor` is the last
     /// dead-letter-topic sequence replayed.
     Replayed {
@@ -103,6 +120,9 @@ enum EntryState {
     Leased {
         consumer: Arc<str>,
         deadline: Millis,
+        /// The number of the event that granted this lease: unique within
+        /// the subscription, so it fences tokens of earlier leases.
+        lease: u64,
     },
     /// Being moved to the dead-letter topic; never journaled.
     Dying,
@@ -110,6 +130,10 @@ enum EntryState {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Entry {
+    /// The number of the event that began tracking this message (scan, due
+    /// or replay): names this incarnation of it, so its dead letter gets the
+    /// same id however often a crash makes the engine store it again.
+    born: u64,
     attempts: u32,
     key: Option<Arc<str>>,
     state: EntryState,
@@ -120,6 +144,7 @@ struct Entry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingView {
     pub seq: Seq,
+    pub born: u64,
     pub attempts: u32,
     pub last_error: Option<String>,
     pub lease_deadline: Option<Millis>,
@@ -138,6 +163,8 @@ pub struct Counters {
 pub struct Snapshot {
     pub applied: u64,
     pub next: Seq,
+    pub floor: Seq,
+    pub delay_cursor: (Millis, Seq),
     pub dlq_cursor: Seq,
     pub counters: Counters,
     entries: Vec<(Seq, Entry)>,
@@ -149,6 +176,12 @@ pub struct SubState {
     /// Number of events applied: the journal position of this state.
     applied: u64,
     next: Seq,
+    /// Nothing below this is delivered from the delay index (the start, the
+    /// last seek target, or what retention removed).
+    floor: Seq,
+    /// How far the topic's delay index has been consumed, in (deliver_at, seq)
+    /// order. A scanned message due after the cursor's time is left to the index.
+    delay_cursor: (Millis, Seq),
     pending: BTreeMap<Seq, Entry>,
     ready: BTreeSet<(Millis, Seq)>,
     leases: BTreeSet<(Millis, Seq)>,
@@ -175,6 +208,8 @@ impl SubState {
             config,
             applied: 0,
             next: start.max(1),
+            floor: start.max(1),
+            delay_cursor: (0, 0),
             pending: BTreeMap::new(),
             ready: BTreeSet::new(),
             leases: BTreeSet::new(),
@@ -191,6 +226,8 @@ impl SubState {
     pub fn restore(config: SubscriptionConfig, snapshot: Snapshot) -> Self {
         let mut state = Self::new(config, snapshot.next);
         state.applied = snapshot.applied;
+        state.floor = snapshot.floor;
+        state.delay_cursor = snapshot.delay_cursor;
         state.dlq_cursor = snapshot.dlq_cursor;
         state.counters = snapshot.counters;
         for (seq, entry) in snapshot.entries {
@@ -216,6 +253,8 @@ impl SubState {
         Snapshot {
             applied: self.applied,
             next: self.next,
+            floor: self.floor,
+            delay_cursor: self.delay_cursor,
             dlq_cursor: self.dlq_cursor,
             counters: self.counters,
             entries,
@@ -241,6 +280,16 @@ impl SubState {
             .unwrap_or(self.next)
             .min(self.next)
     }
+    pub fn floor(&self) -> Seq {
+        self.floor
+    }
+    pub fn delay_cursor(&self) -> (Millis, Seq) {
+        self.delay_cursor
+    }
+    /// Room left for tracking more messages.
+    pub fn track_room(&self) -> usize {
+        TRACK_LIMIT.saturating_sub(self.pending.len())
+    }
     pub fn dlq_cursor(&self) -> Seq {
         self.dlq_cursor
     }
@@ -260,6 +309,7 @@ impl SubState {
     pub fn pending(&self, seq: Seq) -> Option<PendingView> {
         self.pending.get(&seq).map(|e| PendingView {
             seq,
+            born: e.born,
             attempts: e.attempts,
             last_error: e.last_error.clone(),
             lease_deadline: match e.state {
@@ -268,6 +318,19 @@ impl SubState {
             },
         })
     }
+    /// Whether `lease` is the current lease of `seq`, and if not, why.
+    pub fn lease_status(&self, seq: Seq, lease: u64) -> Outcome {
+        match self.pending.get(&seq) {
+            None => Outcome::NotFound,
+            Some(Entry {
+                state: EntryState::Leased { lease: l, .. },
+                ..
+            }) if *l == lease => Outcome::Ok,
+            Some(e) if e.attempts == 0 => Outcome::NotLeased,
+            Some(_) => Outcome::LeaseLost,
+        }
+    }
+
     pub fn is_leased(&self, seq: Seq) -> bool {
         matches!(
             self.pending.get(&seq),
@@ -424,6 +487,7 @@ impl SubState {
                 self.dying.insert(seq);
                 PendingView {
                     seq,
+                    born: entry.born,
                     attempts: entry.attempts,
                     last_error: entry.last_error.clone(),
                     lease_deadline: None,
@@ -444,7 +508,49 @@ impl SubState {
 
     /// Builds the event for messages read from the log up to `to` (exclusive).
     pub fn scanned(&mut self, to: Seq, now: Millis, meta: Vec<Scanned>) -> Option<Event> {
-        (to > self.next).then(|| self.emit(Event::Scanned { to, at: now, meta }))
+        self.scanned_skipping(to, now, meta, Vec::new())
+    }
+
+    /// Like [`scanned`](Self::scanned), leaving the `skip` ranges untracked.
+    pub fn scanned_skipping(
+        &mut self,
+        to: Seq,
+        now: Millis,
+        meta: Vec<Scanned>,
+        skip: Vec<(Seq, Seq)>,
+    ) -> Option<Event> {
+        (to > self.next).then(|| {
+            self.emit(Event::Scanned {
+                to,
+                at: now,
+                meta,
+                skip,
+            })
+        })
+    }
+
+    /// Takes delayed messages that came due from the delay index (`due` in
+    /// index order, ending at `cursor`).
+    pub fn due(&mut self, due: Vec<(Seq, Millis)>, cursor: (Millis, Seq)) -> Option<Event> {
+        (cursor > self.delay_cursor).then(|| self.emit(Event::Due { seqs: due, cursor }))
+    }
+
+    /// Takes on the mutable settings of `config`.
+    pub fn reconfigure(&mut self, config: &SubscriptionConfig) -> Option<Event> {
+        let event = Event::Reconfigured {
+            ack_deadline_ms: u64::try_from(config.ack_deadline.as_millis()).unwrap_or(u64::MAX),
+            max_in_flight: config.max_in_flight,
+            max_in_flight_per_consumer: config.max_in_flight_per_consumer,
+            retry: config.retry.clone(),
+            dead_letter_topic: config.dead_letter_topic.clone(),
+        };
+        let mut changed = self.config.clone();
+        changed.ack_deadline = config.ack_deadline;
+        changed.max_in_flight = config.max_in_flight;
+        changed.max_in_flight_per_consumer = config.max_in_flight_per_consumer;
+        changed.retry = config.retry.clone();
+        changed.dead_letter_topic = config.dead_letter_topic.clone();
+        (changed != self.config).then(|| self.emit(event))
     }
 
     /// Applies `event` and returns it, for the engine to journal.
@@ -457,9 +563,16 @@ impl SubState {
     pub fn apply(&mut self, event: &Event) {
         self.applied += 1;
         match event {
-            Event::Scanned { to, at, meta } => {
+            Event::Scanned { to, at, meta, skip } => {
                 let mut meta = meta.iter().peekable();
+                let mut skip = skip.iter().peekable();
                 for seq in self.next..*to {
+                    while skip.peek().is_some_and(|&&(_, end)| end <= seq) {
+                        skip.next();
+                    }
+                    if skip.peek().is_some_and(|&&(start, _)| start <= seq) {
+                        continue;
+                    }
                     let (key, deliver_at) = match meta.peek() {
                         Some(m) if m.seq == seq => {
                             let m = meta.next().expect("peeked");
@@ -472,6 +585,7 @@ impl SubState {
                     self.insert(
                         seq,
                         Entry {
+                            born: self.applied,
                             attempts: 0,
                             key,
                             state: EntryState::Waiting { at },
@@ -481,12 +595,31 @@ impl SubState {
                 }
                 self.next = self.next.max(*to);
             }
+            Event::Due { seqs, cursor } => {
+                for &(seq, at) in seqs {
+                    if seq < self.floor || seq >= self.next || self.pending.contains_key(&seq) {
+                        continue;
+                    }
+                    self.insert(
+                        seq,
+                        Entry {
+                            born: self.applied,
+                            attempts: 0,
+                            key: None,
+                            state: EntryState::Waiting { at },
+                            last_error: None,
+                        },
+                    );
+                }
+                self.delay_cursor = self.delay_cursor.max(*cursor);
+            }
             Event::Leased {
                 consumer,
                 deadline,
                 seqs,
             } => {
                 let consumer: Arc<str> = Arc::from(consumer.as_str());
+                let lease = self.applied;
                 for &seq in seqs {
                     if !self.pending.contains_key(&seq) {
                         continue;
@@ -497,6 +630,7 @@ impl SubState {
                     entry.state = EntryState::Leased {
                         consumer: consumer.clone(),
                         deadline: *deadline,
+                        lease,
                     };
                     self.counters.delivered += 1;
                     self.place(seq);
@@ -559,16 +693,57 @@ impl SubState {
                 }
             }
             Event::Seeked { to } => {
-                let keep = (self.applied, self.dlq_cursor, self.counters);
+                let keep = (
+                    self.applied,
+                    self.dlq_cursor,
+                    self.counters,
+                    self.delay_cursor,
+                );
                 *self = Self::new(self.config.clone(), *to);
-                (self.applied, self.dlq_cursor, self.counters) = keep;
+                (
+                    self.applied,
+                    self.dlq_cursor,
+                    self.counters,
+                    self.delay_cursor,
+                ) = keep;
             }
             Event::Trimmed { first } => {
+                self.floor = self.floor.max(*first);
                 let gone: Vec<Seq> = self.pending.range(..*first).map(|(&s, _)| s).collect();
                 for seq in gone {
                     self.remove(seq);
                 }
                 self.next = self.next.max(*first);
+            }
+            Event::Reconfigured {
+                ack_deadline_ms,
+                max_in_flight,
+                max_in_flight_per_consumer,
+                retry,
+                dead_letter_topic,
+            } => {
+                // Which index an entry sits in depends on the retry policy
+                // (out of attempts or not): take every entry out, change, put back.
+                let seqs: Vec<Seq> = self.pending.keys().copied().collect();
+                for &seq in &seqs {
+                    self.unplace(seq);
+                }
+                let c = &mut self.config;
+                if c.dead_letter_topic != *dead_letter_topic {
+                    // The replay cursor counted the old dead-letter topic.
+                    self.dlq_cursor = 0;
+                }
+                c.ack_deadline = Duration::from_millis(*ack_deadline_ms);
+                c.max_in_flight = *max_in_flight;
+                c.max_in_flight_per_consumer = *max_in_flight_per_consumer;
+                c.retry = retry.clone();
+                c.dead_letter_topic = dead_letter_topic.clone();
+                // Leases first: they mark their keys busy for the others.
+                let (leased, rest): (Vec<Seq>, Vec<Seq>) =
+                    seqs.into_iter().partition(|s| self.is_leased(*s));
+                for seq in leased.into_iter().chain(rest) {
+                    self.place(seq);
+                }
             }
             Event::Replayed {
                 seqs,
@@ -587,6 +762,7 @@ impl SubState {
                     self.insert(
                         *seq,
                         Entry {
+                            born: self.applied,
                             attempts: 0,
                             key,
                             state: EntryState::Waiting { at: *at },
@@ -659,7 +835,9 @@ impl SubState {
     fn place(&mut self, seq: Seq) {
         let entry = &self.pending[&seq];
         match &entry.state {
-            EntryState::Leased { consumer, deadline } => {
+            EntryState::Leased {
+                consumer, deadline, ..
+            } => {
                 if self.leases.insert((*deadline, seq)) {
                     *self.by_consumer.entry(consumer.clone()).or_default() += 1;
                     if let Some(key) = &entry.key {
@@ -684,7 +862,9 @@ impl SubState {
     fn unplace(&mut self, seq: Seq) {
         let entry = &self.pending[&seq];
         match &entry.state {
-            EntryState::Leased { consumer, deadline } => {
+            EntryState::Leased {
+                consumer, deadline, ..
+            } => {
                 if self.leases.remove(&(*deadline, seq)) {
                     if let Some(n) = self.by_consumer.get_mut(consumer) {
                         *n -= 1;

@@ -1,5 +1,5 @@
 use super::*;
-use crate::types::RetryPolicy;
+use courier_core::types::RetryPolicy;
 
 fn config(ordered: bool) -> SubscriptionConfig {
     SubscriptionConfig {
@@ -319,7 +319,9 @@ mod model {
                     keys.entry(key.clone()).or_default().insert(seq);
                 }
                 match &e.state {
-                    EntryState::Leased { consumer, deadline } => {
+                    EntryState::Leased {
+                        consumer, deadline, ..
+                    } => {
                         leases.insert((*deadline, seq));
                         *by_consumer.entry(consumer.clone()).or_default() += 1;
                         if let Some(key) = &e.key {
