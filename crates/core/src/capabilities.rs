@@ -1,7 +1,7 @@
 //! What an engine can and cannot do.
 //!
-//! Engines differ: JetStream has no per-key lease, Redis Streams has no seek
-//! by time. A request that needs a feature the engine lacks is refused with
+//! Engines differ: JetStream 2.9 has no per-key lease and no delayed
+//! delivery, and extends a lease only by its ack wait. A request that needs a feature the engine lacks is refused with
 //! [`Error::Unsupported`] (`unsupported_by_engine`), never quietly served with
 //! weaker semantics. Engines call the `check_*` functions before acting, so
 //! every engine refuses the same requests the same way.
@@ -216,7 +216,8 @@ mod tests {
             id: Some("x".into()),
             ..NewMessage::default()
         };
-        let cases: Vec<(Feature, Box<dyn Fn(&Capabilities) -> Result<()>>)> = vec![
+        type Check = Box<dyn Fn(&Capabilities) -> Result<()>>;
+        let cases: Vec<(Feature, Check)> = vec![
             (
                 Feature::DelayedDelivery,
                 Box::new(move |c| c.check_message(&delayed)),

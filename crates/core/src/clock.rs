@@ -17,9 +17,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::types::Millis;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub enum Clock {
     /// The system's real-time clock, read at every call.
+    #[default]
     System,
     /// Wall time at creation plus tokio time elapsed since: for tests that
     /// pause and advance tokio's clock.
@@ -62,12 +63,6 @@ impl Clock {
     /// sleep until it and then compare [`now`](Self::now) again.
     pub fn instant_at(&self, at: Millis) -> tokio::time::Instant {
         tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(self.now()))
-    }
-}
-
-impl Default for Clock {
-    fn default() -> Self {
-        Clock::System
     }
 }
 

@@ -276,7 +276,7 @@ pub struct Delivery {
 
 /// An opaque name for one lease of one message, made by the engine that
 /// leased it (the embedded engine: sequence and lease number; JetStream: the
-/// ack reply subject; Redis: entry id and delivery count). Clients pass it
+/// ack reply subject; Redis: entry id and a lease number). Clients pass it
 /// back as they got it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
