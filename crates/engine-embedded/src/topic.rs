@@ -307,10 +307,10 @@ impl Topic {
             .filter_map(|(i, r)| r.deliver_at.filter(|&at| at > now).map(|at| (i, at)))
             .collect();
         if delayed.is_empty() {
-            return self.log.append(records).await;
+            return self.log.append_at(records, now).await;
         }
         *self.delays_feeding.lock() += 1;
-        let appended = self.log.append(records).await;
+        let appended = self.log.append_at(records, now).await;
         if let Ok(a) = &appended {
             let entries: Vec<(Millis, Seq)> = delayed
                 .iter()

@@ -47,6 +47,7 @@ impl Layout {
             segment_bytes: self.segment_bytes,
             fsync: true,
             preallocate: self.preallocate,
+            ..LogOptions::default()
         };
         TopicLog::open(dir, opts).unwrap()
     }

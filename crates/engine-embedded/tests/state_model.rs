@@ -485,7 +485,7 @@ impl Harness {
                 let event = self
                     .sut
                     .nack(&seqs, self.now, delay, error.clone(), &mut || *unit);
-                self.retried(event, &leased, delay, error, *unit);
+                self.retried(event, &leased, delay, error, *unit, false);
             }
             Op::Advance(ms) => self.now += ms,
             Op::Wake => self.now = self.now.max(self.next_wake().unwrap_or(self.now)),
@@ -503,6 +503,7 @@ impl Harness {
                     None,
                     Some(LEASE_EXPIRED.to_string()),
                     *unit,
+                    true,
                 );
             }
             Op::Extend { picks, by } => {
@@ -754,16 +755,22 @@ impl Harness {
         delay: Option<Duration>,
         error: Option<String>,
         unit: f64,
+        // An expired lease's backoff runs from its deadline, a nack's from now.
+        from_deadline: bool,
     ) {
         let mut expected = BTreeMap::new();
         for &seq in seqs {
             let attempts = self.model.st(seq).attempts();
+            let base = match self.model.st(seq) {
+                St::Leased { deadline, .. } if from_deadline => *deadline,
+                _ => self.now,
+            };
             let wait = if self.model.exhausted(attempts) {
                 Duration::ZERO
             } else {
                 delay.unwrap_or_else(|| self.cfg().retry.backoff(attempts, unit))
             };
-            expected.insert(seq, self.now + wait.as_millis() as Millis);
+            expected.insert(seq, base + wait.as_millis() as Millis);
         }
         match &event {
             Some(Event::Retry { at, error: e }) => {

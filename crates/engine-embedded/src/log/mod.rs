@@ -64,7 +64,7 @@ const MAX_SEGMENT_BYTES: u64 = 1 << 30;
 const FIRST_SEQ_FILE: &str = "first_seq";
 const NEXT_SEQ_FILE: &str = "next_seq";
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct LogOptions {
     /// A segment is sealed and a new one started once it reaches this size
     /// (capped at 1 GiB). Retention frees space a whole segment at a time.
@@ -439,6 +439,12 @@ impl TopicLog {
     /// are durable. The writer shares one write and one fsync among every
     /// append queued at the time. Dropping the future does not cancel the append.
     pub async fn append(&self, records: Vec<AppendRecord>) -> Result<Appended> {
+        self.append_at(records, courier_core::clock::wall_now()).await
+    }
+
+    /// Like [`append`](Self::append), stamping the records with `now` (the
+    /// engine's clock) unless that would take publish times backwards.
+    pub async fn append_at(&self, records: Vec<AppendRecord>, now: Millis) -> Result<Appended> {
         if records.is_empty() {
             return Ok(Appended {
                 first_seq: self.next_seq(),
@@ -448,7 +454,11 @@ impl TopicLog {
         let (reply, rx) = oneshot::channel();
         self.inner
             .tx
-            .send(Cmd::Append { records, reply })
+            .send(Cmd::Append {
+                records,
+                now,
+                reply,
+            })
             .map_err(|_| Error::ShuttingDown)?;
         rx.await.map_err(|_| Error::ShuttingDown)?
     }

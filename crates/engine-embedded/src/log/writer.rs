@@ -39,7 +39,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use courier_core::clock::wall_now;
 use courier_core::{Error, Millis, Result, Seq};
 use tokio::sync::oneshot;
 
@@ -63,6 +62,8 @@ const BACKOFF_STRETCHES: u64 = 16;
 pub(super) enum Cmd {
     Append {
         records: Vec<AppendRecord>,
+        /// The publish time by the engine's clock.
+        now: Millis,
         reply: oneshot::Sender<Result<Appended>>,
     },
     /// Continue the log at `floor` at least (see [`Writer::raise`]).
@@ -154,7 +155,11 @@ impl Writer {
             let mut closing = None;
             while let Some(cmd) = next.take() {
                 match cmd {
-                    Cmd::Append { records, reply } => self.stage(records, reply),
+                    Cmd::Append {
+                        records,
+                        now,
+                        reply,
+                    } => self.stage(records, now, reply),
                     Cmd::Raise { floor, reply } => {
                         let _ = reply.send(self.raise(floor));
                     }
@@ -199,7 +204,12 @@ impl Writer {
         // Every handle was dropped; what was queued has been committed above.
     }
 
-    fn stage(&mut self, records: Vec<AppendRecord>, reply: oneshot::Sender<Result<Appended>>) {
+    fn stage(
+        &mut self,
+        records: Vec<AppendRecord>,
+        now: Millis,
+        reply: oneshot::Sender<Result<Appended>>,
+    ) {
         if let Some(why) = &self.failed {
             let _ = reply.send(Err(Error::Storage(why.clone())));
             return;
@@ -220,7 +230,7 @@ impl Writer {
             }
         }
         let last = self.last_published;
-        let published_at = *self.group_time.get_or_insert_with(|| wall_now().max(last));
+        let published_at = *self.group_time.get_or_insert_with(|| now.max(last));
         self.last_published = published_at;
         let (buf_mark, pos_mark) = (self.buf.len(), self.positions.len());
         let first_seq = self.next_seq;

@@ -390,15 +390,16 @@ impl SubState {
     /// Expired leases go back to waiting for their backoff. `unit` yields
     /// uniform random numbers in `[0, 1)` for the jitter.
     pub fn expire(&mut self, now: Millis, unit: &mut dyn FnMut() -> f64) -> Option<Event> {
-        let expired: Vec<Seq> = self
-            .leases
-            .range(..=(now, Seq::MAX))
-            .map(|&(_, seq)| seq)
-            .collect();
+        let expired: Vec<(Millis, Seq)> = self.leases.range(..=(now, Seq::MAX)).copied().collect();
         if expired.is_empty() {
             return None;
         }
-        let at = self.retry_times(&expired, now, None, unit);
+        // The backoff runs from the lease's deadline, not from whenever the
+        // expiry is noticed.
+        let at = expired
+            .iter()
+            .flat_map(|&(deadline, seq)| self.retry_times(&[seq], deadline, None, unit))
+            .collect();
         Some(self.emit(Event::Retry {
             at,
             error: Some("lease expired".to_string()),
