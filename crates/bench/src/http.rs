@@ -176,17 +176,38 @@ pub struct Pulled<'a> {
 #[derive(Deserialize)]
 pub struct PulledMessage<'a> {
     pub seq: u64,
+    /// The lease token that acks this delivery; the engine's tokens need no
+    /// JSON escaping, so it borrows from the answer too.
+    #[serde(borrow)]
+    pub token: &'a str,
     #[serde(borrow)]
     pub body: Option<&'a str>,
 }
 
-/// The body of an ack of `seqs`.
-pub fn ack_body(seqs: &[u64]) -> Bytes {
+/// The body of an ack of `tokens`.
+pub fn ack_body(tokens: &[&str]) -> Bytes {
     #[derive(serde::Serialize)]
     struct Ack<'a> {
-        seqs: &'a [u64],
+        tokens: &'a [&'a str],
     }
-    serde_json::to_vec(&Ack { seqs })
+    serde_json::to_vec(&Ack { tokens })
         .expect("JSON encodes")
         .into()
+}
+
+/// How many results of an ack answer are `ok`, and how many results there are.
+pub fn acked(answer: &[u8]) -> Result<(usize, usize), serde_json::Error> {
+    #[derive(Deserialize)]
+    struct Answer<'a> {
+        #[serde(borrow)]
+        results: Vec<Result<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct Result<'a> {
+        #[serde(borrow)]
+        outcome: &'a str,
+    }
+    let answer: Answer = serde_json::from_slice(answer)?;
+    let ok = answer.results.iter().filter(|r| r.outcome == "ok").count();
+    Ok((ok, answer.results.len()))
 }

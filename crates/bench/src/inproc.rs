@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Result};
 use bytes::Bytes;
 use courier_core::{
-    Engine, NewMessage, PullRequest, StartPosition, SubscriptionConfig, TopicConfig,
+    Engine, LeaseToken, NewMessage, PullRequest, StartPosition, SubscriptionConfig, TopicConfig,
 };
 use courier_embedded::{EmbeddedConfig, EmbeddedEngine};
 
@@ -145,9 +145,13 @@ pub async fn pull_ack(
                 if deliveries.is_empty() {
                     break;
                 }
-                let seqs: Vec<u64> = deliveries.iter().map(|d| d.message.seq).collect();
-                engine.ack(&subscription, &seqs).await?;
-                w.record(t, seqs.len() as u64);
+                let tokens: Vec<_> = deliveries.into_iter().map(|d| d.token).collect();
+                let outcomes = engine.ack(&subscription, &tokens).await?;
+                ensure!(
+                    outcomes.iter().all(|o| o.is_ok()),
+                    "an ack of fresh leases did not take effect: {outcomes:?}"
+                );
+                w.record(t, tokens.len() as u64);
             }
             Ok(w)
         }
@@ -155,8 +159,13 @@ pub async fn pull_ack(
     .await
 }
 
-/// Checks that the first pull of `subscription` gets message 1 with `body`.
-pub async fn first_message(engine: &dyn Engine, subscription: &str, body: &Bytes) -> Result<()> {
+/// Checks that the first pull of `subscription` gets message 1 with `body`;
+/// returns the lease token of that delivery.
+pub async fn first_message(
+    engine: &dyn Engine,
+    subscription: &str,
+    body: &Bytes,
+) -> Result<LeaseToken> {
     let request = PullRequest {
         consumer: "restart-probe".into(),
         max_messages: 1,
@@ -177,5 +186,5 @@ pub async fn first_message(engine: &dyn Engine, subscription: &str, body: &Bytes
         got[0].message.body == body,
         "the first message's body differs"
     );
-    Ok(())
+    Ok(got[0].token.clone())
 }

@@ -2,17 +2,20 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use courier_core::StartPosition;
+use courier_core::{LeaseToken, StartPosition};
 use courier_server::config::LogFormat;
 
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
-  1  the operation failed (server or engine error)
+  1  the operation failed (server or engine error, a feature the engine lacks)
   2  usage error: bad flags, invalid config, or a request the broker refused as invalid
   3  not found
-  4  conflict: already exists differently, still in use, not leased
-  5  retry later: broker unreachable, timed out, shutting down or rate limiting you";
+  4  conflict: already exists differently, still in use
+  5  retry later: broker unreachable, timed out, shutting down or rate limiting you
+
+ack, nack and extend exit 1 when none of their tokens took effect (each
+token's outcome is printed: ok, lease_lost, not_leased or not_found).";
 
 /// Courier: a durable message broker in one binary.
 ///
@@ -43,8 +46,8 @@ pub(crate) enum Command {
     /// Create, list, show and delete topics.
     #[command(subcommand)]
     Topic(TopicCommand),
-    /// Create, list, show and delete subscriptions.
-    #[command(subcommand, name = "sub")]
+    /// Create, list, show, update and delete subscriptions.
+    #[command(subcommand, name = "sub", visible_alias = "subscription")]
     Subscription(SubscriptionCommand),
     /// Publish messages: BODY, or `--file` (one message per line), or stdin (one message).
     Publish(PublishArgs),
@@ -52,15 +55,19 @@ pub(crate) enum Command {
     Pull(PullArgs),
     /// Print messages as they arrive, until Ctrl-C or `--count`.
     Tail(TailArgs),
-    /// Acknowledge leased messages.
+    /// Acknowledge leased messages, by the tokens `pull` printed.
     Ack(AckArgs),
-    /// Give leased messages back for redelivery.
+    /// Give leased messages back for redelivery, by the tokens `pull` printed.
     Nack(NackArgs),
+    /// Keep leased messages longer, by the tokens `pull` printed.
+    Extend(ExtendArgs),
     /// List and replay dead letters.
     #[command(subcommand)]
     Dlq(DlqCommand),
     /// Broker-wide counters.
     Stats,
+    /// What the broker's engine supports.
+    Capabilities,
 }
 
 #[derive(Debug, Args)]
@@ -125,8 +132,36 @@ pub(crate) enum SubscriptionCommand {
     List,
     /// Show one subscription and its counters.
     Show { name: String },
+    /// Change a live subscription's settings, keeping its position, leases and counters.
+    Update(SubscriptionUpdateArgs),
     /// Delete a subscription.
     Delete { name: String },
+}
+
+#[derive(Debug, Args)]
+#[command(group(
+    clap::ArgGroup::new("settings")
+        .required(true)
+        .multiple(true)
+        .args(["ack_deadline", "max_in_flight", "max_in_flight_per_consumer", "max_attempts", "dead_letter_topic"]),
+))]
+pub(crate) struct SubscriptionUpdateArgs {
+    pub name: String,
+    /// How long a pulled message stays leased, from the next lease on.
+    #[arg(long, value_parser = parse_duration)]
+    pub ack_deadline: Option<Duration>,
+    /// Leased messages at once in the subscription.
+    #[arg(long)]
+    pub max_in_flight: Option<u32>,
+    /// Leased messages at once per consumer.
+    #[arg(long)]
+    pub max_in_flight_per_consumer: Option<u32>,
+    /// Attempts before dead-lettering; 0 = never (the rest of the retry policy stays).
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// Dead-letter topic, for messages that run out of attempts from now on.
+    #[arg(long)]
+    pub dead_letter_topic: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -234,22 +269,34 @@ pub(crate) struct TailArgs {
 #[derive(Debug, Args)]
 pub(crate) struct AckArgs {
     pub subscription: String,
-    /// Sequences to acknowledge.
-    #[arg(required = true)]
-    pub seqs: Vec<u64>,
+    /// Lease tokens, as `pull` printed them (e.g. 5-17).
+    #[arg(required = true, value_parser = parse_token)]
+    pub tokens: Vec<LeaseToken>,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct NackArgs {
     pub subscription: String,
-    #[arg(required = true)]
-    pub seqs: Vec<u64>,
+    /// Lease tokens, as `pull` printed them (e.g. 5-17).
+    #[arg(required = true, value_parser = parse_token)]
+    pub tokens: Vec<LeaseToken>,
     /// Redeliver after this delay instead of the subscription's backoff.
     #[arg(long, value_parser = parse_duration)]
     pub delay: Option<Duration>,
     /// Why processing failed (kept on the dead letter).
     #[arg(long)]
     pub error: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ExtendArgs {
+    pub subscription: String,
+    /// Lease tokens, as `pull` printed them (e.g. 5-17). They stay valid.
+    #[arg(required = true, value_parser = parse_token)]
+    pub tokens: Vec<LeaseToken>,
+    /// The new lease deadline is now + this (e.g. 30s, 5m).
+    #[arg(long, value_parser = parse_duration)]
+    pub by: Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -291,6 +338,14 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn parse_start(s: &str) -> Result<StartPosition, String> {
     s.parse()
+}
+
+/// Tokens are opaque; only an empty one is surely wrong.
+fn parse_token(s: &str) -> Result<LeaseToken, String> {
+    if s.is_empty() {
+        return Err("a lease token is not empty".into());
+    }
+    Ok(LeaseToken::new(s))
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {

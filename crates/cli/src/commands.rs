@@ -5,16 +5,16 @@ use std::io::{BufRead, Read};
 use std::time::Duration;
 
 use bytes::Bytes;
-use courier_client::wire::{NackBody, PublishMessage, PullBody};
+use courier_client::wire::{NackBody, PublishMessage, PullBody, SettleResponse};
 use courier_client::{Client, Publish};
-use courier_core::{SubscriptionConfig, TopicConfig};
+use courier_core::{Outcome, SubscriptionConfig, SubscriptionUpdate, TopicConfig};
 
 use crate::args::{
     Command, DlqCommand, Global, PublishArgs, PullArgs, SubscriptionCommand, SubscriptionCreate,
-    TailArgs, TopicCommand,
+    SubscriptionUpdateArgs, TailArgs, TopicCommand,
 };
 use crate::output::Output;
-use crate::Failure;
+use crate::{exit, Failure};
 
 /// Lines of `publish --file` sent per request.
 const FILE_BATCH: usize = 500;
@@ -32,19 +32,23 @@ pub(crate) async fn run(global: Global, command: Command) -> Result<(), Failure>
         Command::Pull(args) => pull(&client, &out, args).await,
         Command::Tail(args) => tail(&client, &out, args).await,
         Command::Ack(args) => {
-            client.ack(&args.subscription, &args.seqs).await?;
-            out.done(&format!("acked {}", args.seqs.len()));
-            Ok(())
+            let answer = client.ack(&args.subscription, &args.tokens).await?;
+            settled(&out, &answer, "acked")
         }
         Command::Nack(args) => {
             let body = NackBody {
-                seqs: args.seqs.clone(),
+                tokens: args.tokens,
                 delay_ms: args.delay.map(|d| d.as_millis() as u64),
                 error: args.error,
             };
-            client.nack(&args.subscription, &body).await?;
-            out.done(&format!("nacked {}", args.seqs.len()));
-            Ok(())
+            let answer = client.nack(&args.subscription, &body).await?;
+            settled(&out, &answer, "nacked")
+        }
+        Command::Extend(args) => {
+            let answer = client
+                .extend(&args.subscription, &args.tokens, args.by)
+                .await?;
+            settled(&out, &answer, "extended")
         }
         Command::Dlq(DlqCommand::List { subscription, max }) => {
             out.messages(&client.dead_letters(&subscription, max).await?);
@@ -65,6 +69,55 @@ pub(crate) async fn run(global: Global, command: Command) -> Result<(), Failure>
             out.stats(&client.stats().await?);
             Ok(())
         }
+        Command::Capabilities => {
+            out.capabilities(&client.capabilities().await?);
+            Ok(())
+        }
+    }
+}
+
+/// Prints what an ack, nack or extend did, token by token; fails (exit 1)
+/// when none of the tokens took effect.
+fn settled(out: &Output, answer: &SettleResponse, verb: &str) -> Result<(), Failure> {
+    out.results(&answer.results);
+    match nothing_took_effect(answer) {
+        Some(why) => Err(Failure::new(
+            exit::FAILED,
+            format!("nothing was {verb}: {why}"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// `None` when at least one token took effect; else a count of what happened
+/// instead, e.g. `1 lease_lost, 2 not_found`.
+fn nothing_took_effect(answer: &SettleResponse) -> Option<String> {
+    if answer.ok_count() > 0 {
+        return None;
+    }
+    let mut counts: Vec<(Outcome, usize)> = Vec::new();
+    for r in &answer.results {
+        match counts.iter_mut().find(|(o, _)| *o == r.outcome) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((r.outcome, 1)),
+        }
+    }
+    let why: Vec<String> = counts
+        .iter()
+        .map(|(o, n)| format!("{n} {}", o.as_str()))
+        .collect();
+    Some(why.join(", "))
+}
+
+/// Tells on stderr which tokens of an ack made by `pull --ack` or `tail --ack`
+/// did not take effect: those messages will be delivered again.
+fn warn_unsettled(answer: &SettleResponse) {
+    for r in answer.results.iter().filter(|r| !r.outcome.is_ok()) {
+        eprintln!(
+            "warning: {} {}: not acked, it will be delivered again",
+            r.token,
+            r.outcome.as_str()
+        );
     }
 }
 
@@ -117,6 +170,13 @@ async fn subscription(
         SubscriptionCommand::Show { name } => {
             out.subscription(&client.subscription(&name).await?, None)
         }
+        SubscriptionCommand::Update(args) => {
+            let name = args.name.clone();
+            let update = subscription_update(client, args).await?;
+            let info = client.update_subscription(&name, &update).await?;
+            out.done(&format!("updated subscription {name}"));
+            out.subscription(&info, None);
+        }
         SubscriptionCommand::Delete { name } => {
             client.delete_subscription(&name).await?;
             out.done(&format!("deleted subscription {name}"));
@@ -157,6 +217,30 @@ fn subscription_config(a: SubscriptionCreate) -> SubscriptionConfig {
     c.dead_letter_topic = a.dead_letter_topic;
     c.ordered = a.ordered;
     c
+}
+
+/// The update the flags ask for. `--max-attempts` changes one field of the
+/// retry policy, which the API replaces as a whole: the rest is read from the
+/// subscription first.
+async fn subscription_update(
+    client: &Client,
+    a: SubscriptionUpdateArgs,
+) -> Result<SubscriptionUpdate, Failure> {
+    let retry = match a.max_attempts {
+        Some(n) => {
+            let mut retry = client.subscription(&a.name).await?.config.retry;
+            retry.max_attempts = n;
+            Some(retry)
+        }
+        None => None,
+    };
+    Ok(SubscriptionUpdate {
+        ack_deadline: a.ack_deadline,
+        max_in_flight: a.max_in_flight,
+        max_in_flight_per_consumer: a.max_in_flight_per_consumer,
+        retry,
+        dead_letter_topic: a.dead_letter_topic,
+    })
 }
 
 async fn publish(client: &Client, out: &Output, a: PublishArgs) -> Result<(), Failure> {
@@ -231,8 +315,15 @@ async fn pull(client: &Client, out: &Output, a: PullArgs) -> Result<(), Failure>
     let deliveries = client.pull(&a.subscription, &body).await?;
     out.deliveries(&deliveries);
     if a.ack && !deliveries.is_empty() {
-        let seqs: Vec<_> = deliveries.iter().map(|d| d.message.seq).collect();
-        client.ack(&a.subscription, &seqs).await?;
+        let tokens: Vec<_> = deliveries.iter().map(|d| d.token.clone()).collect();
+        let answer = client.ack(&a.subscription, &tokens).await?;
+        warn_unsettled(&answer);
+        if let Some(why) = nothing_took_effect(&answer) {
+            return Err(Failure::new(
+                exit::FAILED,
+                format!("nothing was acked: {why}"),
+            ));
+        }
     }
     Ok(())
 }
@@ -254,8 +345,10 @@ async fn tail(client: &Client, out: &Output, a: TailArgs) -> Result<(), Failure>
         for d in &deliveries {
             out.delivery_line(d);
             if a.ack {
-                let seqs = [d.message.seq];
-                patiently(|| client.ack(&a.subscription, &seqs)).await?;
+                // A lost lease (this terminal was slow) is worth a warning,
+                // not the end of the tail.
+                let tokens = [d.token.clone()];
+                warn_unsettled(&patiently(|| client.ack(&a.subscription, &tokens)).await?);
             }
         }
         remaining = remaining.saturating_sub(deliveries.len() as u64);

@@ -3,9 +3,10 @@
 //! Exit codes, for scripts:
 //! 0 success · 1 the operation failed (server error, engine error) ·
 //! 2 usage error (bad flags, invalid config, a request the server refused as invalid) ·
-//! 3 not found · 4 conflict (exists, in use, not leased) ·
+//! 3 not found · 4 conflict (exists, in use) ·
 //! 5 broker unreachable, timed out, shutting down or rate limiting this client
-//! (retry later).
+//! (retry later). `ack`, `nack` and `extend` exit 1 when none of their
+//! tokens took effect.
 
 mod args;
 mod commands;

@@ -1,8 +1,8 @@
 //! Human-readable output by default; `--json` prints the API's own JSON so
 //! scripts see exactly what the broker answered.
 
-use courier_client::wire::{DeliveryView, MessageView};
-use courier_core::{Headers, PublishReceipt, Stats, SubscriptionInfo, TopicInfo};
+use courier_client::wire::{DeliveryView, MessageView, TokenResult};
+use courier_core::{Capabilities, Headers, PublishReceipt, Stats, SubscriptionInfo, TopicInfo};
 use serde::Serialize;
 
 pub(crate) struct Output {
@@ -164,8 +164,9 @@ impl Output {
         }
         let m = &d.message;
         println!(
-            "#{} id={} attempt={}{}{}",
+            "#{} token={} id={} attempt={}{}{}",
             m.seq,
+            d.token,
             m.id,
             d.attempt,
             m.key
@@ -175,6 +176,17 @@ impl Output {
             headers(&m.headers)
         );
         println!("  {}", body(m.body.as_deref(), m.body_base64.as_deref()));
+    }
+
+    /// What an ack, nack or extend did: `<token> <outcome>` per token, or the
+    /// results array in JSON mode.
+    pub fn results(&self, results: &[TokenResult]) {
+        if self.json {
+            return self.print_json(results);
+        }
+        for r in results {
+            println!("{} {}", r.token, r.outcome.as_str());
+        }
     }
 
     pub fn messages(&self, messages: &[MessageView]) {
@@ -196,6 +208,28 @@ impl Output {
                 headers(&m.headers)
             );
             println!("  {}", body(m.body.as_deref(), m.body_base64.as_deref()));
+        }
+    }
+
+    pub fn capabilities(&self, c: &Capabilities) {
+        if self.json {
+            return self.print_json(c);
+        }
+        println!("engine:             {}", c.engine);
+        println!("max message bytes:  {}", c.max_message_bytes);
+        println!(
+            "max dedup window:   {}",
+            c.max_dedup_window
+                .map_or("unbounded".to_string(), |d| format!("{} ms", d.as_millis()))
+        );
+        println!("features:");
+        for f in &c.features {
+            // The wire name (snake_case), as `--json` and the API show it.
+            let name = serde_json::to_value(f)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_else(|| format!("{f:?}"));
+            println!("  {name:<24} {}", f.describe());
         }
     }
 

@@ -139,6 +139,12 @@ fn help_everywhere() {
         vec!["pull", "--help"],
         vec!["tail", "--help"],
         vec!["dlq", "replay", "--help"],
+        vec!["ack", "--help"],
+        vec!["nack", "--help"],
+        vec!["extend", "--help"],
+        vec!["sub", "update", "--help"],
+        vec!["subscription", "update", "--help"],
+        vec!["capabilities", "--help"],
     ] {
         let out = courier("http://127.0.0.1:1", &args);
         let text = ok(&out);
@@ -163,6 +169,18 @@ fn usage_errors_exit_2() {
             .code(),
         Some(2)
     );
+    // Tokens are required, extend needs --by, and an update needs something to change.
+    for args in [
+        vec!["ack", "work"],
+        vec!["extend", "work", "1-1"],
+        vec!["sub", "update", "work"],
+    ] {
+        assert_eq!(
+            courier("http://127.0.0.1:1", &args).status.code(),
+            Some(2),
+            "{args:?}"
+        );
+    }
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[server]\nlisten_address = 'x'\n").unwrap();
@@ -244,6 +262,53 @@ fn client_commands() {
     assert_eq!(shown["config"]["retry"]["max_attempts"], 3);
     assert_eq!(shown["config"]["ack_deadline"], 10_000);
 
+    // Update some settings; the others, and the rest of the retry policy, stay.
+    let updated = ok(&courier(
+        &url,
+        &[
+            "subscription",
+            "update",
+            "work",
+            "--ack-deadline",
+            "20s",
+            "--max-attempts",
+            "4",
+        ],
+    ));
+    assert!(updated.contains("updated subscription work"), "{updated}");
+    assert!(updated.contains("ack deadline:  20000 ms"), "{updated}");
+    let shown: serde_json::Value = serde_json::from_str(&ok(&courier(
+        &url,
+        &["--json", "sub", "update", "work", "--max-attempts", "3"],
+    )))
+    .unwrap();
+    assert_eq!(shown["config"]["retry"]["max_attempts"], 3);
+    assert_eq!(shown["config"]["retry"]["initial_backoff"], 100);
+    assert_eq!(shown["config"]["ack_deadline"], 20_000);
+    assert_eq!(
+        courier(&url, &["sub", "update", "nope", "--max-in-flight", "5"])
+            .status
+            .code(),
+        Some(3)
+    );
+    assert_eq!(
+        courier(&url, &["sub", "update", "work", "--max-in-flight", "0"])
+            .status
+            .code(),
+        Some(2),
+        "an invalid value is a usage error"
+    );
+
+    let caps = ok(&courier(&url, &["capabilities"]));
+    assert!(caps.contains("engine:             embedded"), "{caps}");
+    assert!(caps.contains("ordering_keys"), "{caps}");
+    let caps: serde_json::Value =
+        serde_json::from_str(&ok(&courier(&url, &["--json", "capabilities"]))).unwrap();
+    assert!(caps["features"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!("subscription_update")));
+
     // BODY argument, stdin, and a file with one message per line.
     let r = json_lines(&ok(&courier(
         &url,
@@ -287,6 +352,45 @@ fn client_commands() {
     assert_eq!(bodies, vec!["first", "from stdin", "a", "b", "c"]);
     assert_eq!(pulled[0]["headers"]["trace"], "t1");
     assert_eq!(pulled[0]["key"], "k");
+    // `--ack` settled them by token: the tokens settle nothing any more.
+    let first_token = pulled[0]["token"].as_str().unwrap().to_owned();
+    let out = courier(&url, &["ack", "work", &first_token]);
+    assert_eq!(out.status.code(), Some(1), "nothing took effect");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{first_token} not_found\n")
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("nothing was acked: 1 not_found"),
+        "{stderr}"
+    );
+
+    // The human pull line shows the token; extend and ack take it.
+    ok(&courier(&url, &["publish", "orders", "held"]));
+    let line = ok(&courier(&url, &["pull", "work", "--wait", "5s"]));
+    let token = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("token="))
+        .unwrap_or_else(|| panic!("no token in {line:?}"))
+        .to_owned();
+    assert!(line.starts_with(&format!("#6 token={token} id=")), "{line}");
+    let extended = ok(&courier(&url, &["extend", "work", &token, "--by", "1m"]));
+    assert_eq!(extended, format!("{token} ok\n"));
+    // Partly effective: exit 0, each outcome printed, in order.
+    let results: serde_json::Value = serde_json::from_str(&ok(&courier(
+        &url,
+        &["--json", "ack", "work", &token, "12345-1", "garbage"],
+    )))
+    .unwrap();
+    assert_eq!(
+        results,
+        serde_json::json!([
+            { "token": token, "outcome": "ok" },
+            { "token": "12345-1", "outcome": "not_found" },
+            { "token": "garbage", "outcome": "not_found" },
+        ])
+    );
 
     // tail --count stops by itself.
     ok(&courier(&url, &["publish", "orders", "x1"]));
@@ -299,6 +403,7 @@ fn client_commands() {
 
     // nack until dead, then the dead-letter commands.
     ok(&courier(&url, &["publish", "orders", "doomed"]));
+    let mut previous: Option<String> = None;
     for attempt in 1..=3 {
         let d: Vec<serde_json::Value> = serde_json::from_str(&ok(&courier(
             &url,
@@ -307,11 +412,23 @@ fn client_commands() {
         .unwrap();
         assert_eq!(d.len(), 1, "attempt {attempt}");
         assert_eq!(d[0]["attempt"], attempt);
-        let seq = d[0]["seq"].to_string();
-        ok(&courier(
+        let token = d[0]["token"].as_str().unwrap().to_owned();
+        // The previous attempt's token lost its lease: nothing is nacked, exit 1.
+        if let Some(stale) = &previous {
+            let out = courier(&url, &["nack", "work", stale, "--delay", "0"]);
+            assert_eq!(out.status.code(), Some(1), "attempt {attempt}");
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                format!("{stale} lease_lost\n")
+            );
+            assert!(String::from_utf8_lossy(&out.stderr).contains("nothing was nacked"));
+        }
+        let nacked = ok(&courier(
             &url,
-            &["nack", "work", &seq, "--delay", "0", "--error", "nope"],
+            &["nack", "work", &token, "--delay", "0", "--error", "nope"],
         ));
+        assert_eq!(nacked, format!("{token} ok\n"));
+        previous = Some(token);
     }
     let start = Instant::now();
     let dead = loop {
@@ -334,7 +451,7 @@ fn client_commands() {
 
     let stats: serde_json::Value =
         serde_json::from_str(&ok(&courier(&url, &["--json", "stats"]))).unwrap();
-    assert!(stats["published_total"].as_u64().unwrap() >= 8);
+    assert!(stats["published_total"].as_u64().unwrap() >= 9);
     assert!(ok(&courier(&url, &["sub", "list"])).contains("work"));
     assert_eq!(
         courier(&url, &["topic", "delete", "orders"]).status.code(),
@@ -342,7 +459,10 @@ fn client_commands() {
     );
     // --force takes the subscription along.
     ok(&courier(&url, &["topic", "delete", "orders", "--force"]));
-    assert_eq!(courier(&url, &["ack", "work", "1"]).status.code(), Some(3));
+    assert_eq!(
+        courier(&url, &["ack", "work", "1-1"]).status.code(),
+        Some(3)
+    );
     assert_eq!(
         courier(&url, &["topic", "show", "orders"]).status.code(),
         Some(3)

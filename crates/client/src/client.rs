@@ -2,8 +2,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use courier_core::{
-    Headers, PublishReceipt, SeekTarget, Seq, Stats, SubscriptionConfig, SubscriptionInfo,
-    TopicConfig, TopicInfo,
+    Capabilities, Headers, LeaseToken, PublishReceipt, SeekTarget, Seq, Stats, SubscriptionConfig,
+    SubscriptionInfo, SubscriptionUpdate, TopicConfig, TopicInfo,
 };
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE};
 use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
@@ -58,6 +58,11 @@ impl RawDelivery {
 
     pub fn seq(&self) -> Option<Seq> {
         self.header(headers::SEQ).and_then(|v| v.parse().ok())
+    }
+
+    /// The lease token that acks, nacks or extends this delivery (`Courier-Token`).
+    pub fn token(&self) -> Option<LeaseToken> {
+        self.header(headers::TOKEN).map(LeaseToken::new)
     }
 }
 
@@ -279,6 +284,19 @@ impl Client {
             .subscriptions)
     }
 
+    /// Changes a live subscription's settings (those left `None` stay), keeping
+    /// its position, leases and counters.
+    pub async fn update_subscription(
+        &self,
+        name: &str,
+        update: &SubscriptionUpdate,
+    ) -> Result<SubscriptionInfo> {
+        let request = self
+            .request(Method::PATCH, &["v1", "subscriptions", name])
+            .json(update);
+        json(self.send(request).await?).await
+    }
+
     pub async fn delete_subscription(&self, name: &str) -> Result<()> {
         self.send(self.request(Method::DELETE, &["v1", "subscriptions", name]))
             .await
@@ -312,23 +330,33 @@ impl Client {
         Ok(Some(RawDelivery { headers, body }))
     }
 
-    pub async fn ack(&self, subscription: &str, seqs: &[Seq]) -> Result<()> {
+    /// Settles the messages whose leases `tokens` name. The answer has one
+    /// result per token, in order; only the `ok` ones took effect (see
+    /// [`SettleResponse::ok_count`]). An answer with no `ok` is still `Ok`.
+    pub async fn ack(&self, subscription: &str, tokens: &[LeaseToken]) -> Result<SettleResponse> {
         let body = AckBody {
-            seqs: seqs.to_vec(),
+            tokens: tokens.to_vec(),
         };
-        self.post_no_content(subscription, "ack", &body).await
+        self.post_json(subscription, "ack", &body).await
     }
 
-    pub async fn nack(&self, subscription: &str, body: &NackBody) -> Result<()> {
-        self.post_no_content(subscription, "nack", body).await
+    /// Gives leased messages back for redelivery; one result per token, in order.
+    pub async fn nack(&self, subscription: &str, body: &NackBody) -> Result<SettleResponse> {
+        self.post_json(subscription, "nack", body).await
     }
 
-    pub async fn extend(&self, subscription: &str, seqs: &[Seq], by: Duration) -> Result<()> {
+    /// Pushes lease deadlines to now + `by`; one result per token, in order.
+    pub async fn extend(
+        &self,
+        subscription: &str,
+        tokens: &[LeaseToken],
+        by: Duration,
+    ) -> Result<SettleResponse> {
         let body = ExtendBody {
-            seqs: seqs.to_vec(),
+            tokens: tokens.to_vec(),
             by_ms: by.as_millis() as u64,
         };
-        self.post_no_content(subscription, "extend", &body).await
+        self.post_json(subscription, "extend", &body).await
     }
 
     pub async fn seek(&self, subscription: &str, target: SeekTarget) -> Result<()> {
@@ -381,6 +409,11 @@ impl Client {
 
     pub async fn stats(&self) -> Result<Stats> {
         self.get_json(&["v1", "stats"]).await
+    }
+
+    /// What the broker's engine supports.
+    pub async fn capabilities(&self) -> Result<Capabilities> {
+        self.get_json(&["v1", "capabilities"]).await
     }
 
     /// Whether the broker answers at all.

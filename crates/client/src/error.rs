@@ -71,11 +71,19 @@ impl Error {
         self.status() == Some(409)
     }
 
-    /// Whether sending the same request again later may succeed.
+    /// 501 `unsupported_by_engine`: the broker's engine lacks a feature this
+    /// request needs (see `Client::capabilities`).
+    pub fn is_unsupported(&self) -> bool {
+        self.status() == Some(501)
+    }
+
+    /// Whether sending the same request again later may succeed. 501
+    /// (`unsupported_by_engine`) never does: the engine lacks the feature.
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Api { problem } => {
-                matches!(problem.status, 408 | 429 | 503) || problem.status >= 500
+                matches!(problem.status, 408 | 429 | 503)
+                    || (problem.status >= 500 && problem.status != 501)
             }
             Error::RateLimited { .. } | Error::Transport(_) => true,
             Error::Protocol(_) | Error::InvalidRequest(_) => false,
@@ -135,5 +143,23 @@ mod tests {
         assert_eq!(e.status(), Some(429));
         assert_eq!(e.retry_after(), Some(Duration::from_secs(2)));
         assert!(e.to_string().contains("retry after 2 s"), "{e}");
+    }
+
+    #[test]
+    fn unsupported_is_not_retryable_but_unavailable_is() {
+        let api = |status: u16, code: &str| Error::Api {
+            problem: Problem {
+                type_: format!("urn:courier:problem:{code}"),
+                title: "x".into(),
+                status,
+                code: code.into(),
+                detail: None,
+            },
+        };
+        let unsupported = api(501, "unsupported_by_engine");
+        assert!(unsupported.is_unsupported());
+        assert!(!unsupported.is_retryable());
+        assert!(api(503, "engine_unavailable").is_retryable());
+        assert!(api(500, "storage_error").is_retryable());
     }
 }

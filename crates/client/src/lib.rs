@@ -6,7 +6,7 @@
 //! let client = Client::new("http://127.0.0.1:7070")?;
 //! client.publish("orders", "hello", &Publish::default()).await?;
 //! for d in client.pull("orders-worker", &PullBody::default()).await? {
-//!     client.ack("orders-worker", &[d.message.seq]).await?;
+//!     client.ack("orders-worker", &[d.token]).await?;
 //! }
 //! # Ok(()) }
 //! ```

@@ -13,7 +13,7 @@ use bytes::Bytes;
 // (`Seq`, `Headers`) so the OpenAPI generator sees primitives.
 use std::collections::BTreeMap;
 
-use courier_core::{Message, PublishReceipt, SubscriptionInfo, TopicInfo};
+use courier_core::{LeaseToken, Message, Outcome, PublishReceipt, SubscriptionInfo, TopicInfo};
 use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "openapi")]
@@ -40,6 +40,8 @@ pub mod headers {
     pub const CLOUDEVENTS_PREFIX: &str = "ce-";
     /// Raw pull answers: metadata of the delivered message.
     pub const SEQ: &str = "courier-seq";
+    /// Raw pull answers: the lease token that acks, nacks or extends this delivery.
+    pub const TOKEN: &str = "courier-token";
     pub const ATTEMPT: &str = "courier-attempt";
     pub const LEASE_DEADLINE: &str = "courier-lease-deadline";
     pub const PUBLISHED_AT: &str = "courier-published-at";
@@ -171,7 +173,7 @@ pub struct MessageList {
 }
 
 /// A leased message: the message plus its delivery attempt and lease. On the
-/// wire the message's fields sit beside `attempt` and `lease_deadline`.
+/// wire the message's fields sit beside `attempt`, `lease_deadline` and `token`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct DeliveryView {
@@ -181,6 +183,11 @@ pub struct DeliveryView {
     pub attempt: u32,
     /// Milliseconds since the epoch when the lease expires unless acked, nacked or extended.
     pub lease_deadline: u64,
+    /// Names this lease: ack, nack and extend take it. Opaque; pass it back as
+    /// it came. It settles nothing once the lease has expired or the message
+    /// was leased again.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "5-17"))]
+    pub token: LeaseToken,
 }
 
 impl From<courier_core::Delivery> for DeliveryView {
@@ -189,6 +196,7 @@ impl From<courier_core::Delivery> for DeliveryView {
             message: d.message.into(),
             attempt: d.attempt,
             lease_deadline: d.lease_deadline,
+            token: d.token,
         }
     }
 }
@@ -256,6 +264,8 @@ fn write_delivery(out: &mut Vec<u8>, d: &courier_core::Delivery) {
     out.extend_from_slice(n.format(d.attempt).as_bytes());
     out.extend_from_slice(b",\"lease_deadline\":");
     out.extend_from_slice(n.format(d.lease_deadline).as_bytes());
+    out.extend_from_slice(b",\"token\":");
+    write_str(out, d.token.as_str());
     out.push(b'}');
 }
 
@@ -317,18 +327,27 @@ pub struct PullResponse {
     pub messages: Vec<DeliveryView>,
 }
 
+/// Most lease tokens one ack, nack or extend may carry.
+pub const MAX_TOKENS: usize = 10_000;
+
+/// Body of `POST /v1/subscriptions/{name}/ack`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AckBody {
-    pub seqs: Vec<u64>,
+    /// Lease tokens from pull answers; 1 to 10000.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>, example = json!(["5-17"])))]
+    pub tokens: Vec<LeaseToken>,
 }
 
+/// Body of `POST /v1/subscriptions/{name}/nack`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NackBody {
-    pub seqs: Vec<u64>,
+    /// Lease tokens from pull answers; 1 to 10000.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>, example = json!(["5-17"])))]
+    pub tokens: Vec<LeaseToken>,
     /// Redeliver after this delay instead of the subscription's backoff.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay_ms: Option<u64>,
@@ -337,13 +356,53 @@ pub struct NackBody {
     pub error: Option<String>,
 }
 
+/// Body of `POST /v1/subscriptions/{name}/extend`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ExtendBody {
-    pub seqs: Vec<u64>,
+    /// Lease tokens from pull answers; 1 to 10000. They stay valid.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>, example = json!(["5-17"])))]
+    pub tokens: Vec<LeaseToken>,
     /// The new lease deadline is now + `by_ms`.
     pub by_ms: u64,
+}
+
+/// What an ack, nack or extend did to the message of one token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct TokenResult {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "5-17"))]
+    pub token: LeaseToken,
+    #[cfg_attr(feature = "openapi", schema(value_type = schema::Outcome))]
+    pub outcome: Outcome,
+}
+
+/// Answer of ack, nack and extend: one result per token, in request order.
+/// A valid request always gets this answer (200), whatever the outcomes; only
+/// the `ok` ones took effect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct SettleResponse {
+    pub results: Vec<TokenResult>,
+}
+
+impl SettleResponse {
+    /// Pairs each token with its outcome, in order.
+    pub fn new(tokens: Vec<LeaseToken>, outcomes: Vec<Outcome>) -> Self {
+        Self {
+            results: tokens
+                .into_iter()
+                .zip(outcomes)
+                .map(|(token, outcome)| TokenResult { token, outcome })
+                .collect(),
+        }
+    }
+
+    /// How many tokens took effect.
+    pub fn ok_count(&self) -> usize {
+        self.results.iter().filter(|r| r.outcome.is_ok()).count()
+    }
 }
 
 /// Exactly one of `seq` and `time`.
@@ -586,6 +645,75 @@ pub mod schema {
         dead_lettered_total: u64,
     }
 
+    /// Body of `PATCH /v1/subscriptions/{name}`: the settings to change; those
+    /// left out keep their value. The position, leases and counters stay;
+    /// leases already granted keep their deadlines.
+    #[derive(ToSchema, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct SubscriptionUpdate {
+        /// Lease length in milliseconds, for leases granted from now on.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ack_deadline: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        max_in_flight: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        max_in_flight_per_consumer: Option<u32>,
+        /// Replaces the whole retry policy (fields left out take their defaults).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry: Option<RetryPolicy>,
+        /// Where messages go after the last attempt from now on.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        dead_letter_topic: Option<String>,
+    }
+
+    /// What an ack, nack or extend did to one message: `ok` (it took effect),
+    /// `lease_lost` (the message is still pending, but this lease expired, was
+    /// given back, or the message was leased again since), `not_leased` (the
+    /// message is pending and was not leased since it was read or replayed),
+    /// `not_found` (settled already, never published or not read yet, or not
+    /// a token of this engine).
+    #[derive(ToSchema, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum Outcome {
+        Ok,
+        LeaseLost,
+        NotLeased,
+        NotFound,
+    }
+
+    /// One optional feature of the engine contract.
+    #[derive(ToSchema, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum Feature {
+        OrderingKeys,
+        DelayedDelivery,
+        Dedup,
+        SeekBySeq,
+        SeekByTime,
+        PerConsumerInFlight,
+        LeaseExtension,
+        NackDelay,
+        TopicTails,
+        DeadLetterReplay,
+        SubscriptionUpdate,
+        RetentionMaxAge,
+        RetentionMaxBytes,
+        RetentionMaxMessages,
+    }
+
+    /// What the broker's engine supports. A request that needs a feature not
+    /// listed is refused with 501 `unsupported_by_engine`.
+    #[derive(ToSchema)]
+    pub struct Capabilities {
+        /// The engine's name, as in configuration (`embedded`, `nats`, `redis`).
+        engine: String,
+        features: Vec<Feature>,
+        /// Longest dedup window the engine keeps, in milliseconds; null when unbounded.
+        max_dedup_window: Option<u64>,
+        /// Largest message body accepted, in bytes.
+        max_message_bytes: u64,
+    }
+
     #[derive(ToSchema)]
     pub struct PublishReceipt {
         seq: u64,
@@ -627,9 +755,21 @@ mod tests {
             ],
             any::<u32>(),
             any::<u64>(),
+            "[0-9a-z\"\\\\\\-]{0,12}",
         )
             .prop_map(
-                |(seq, id, published_at, deliver_at, key, headers, body, attempt, deadline)| {
+                |(
+                    seq,
+                    id,
+                    published_at,
+                    deliver_at,
+                    key,
+                    headers,
+                    body,
+                    attempt,
+                    deadline,
+                    token,
+                )| {
                     Delivery {
                         message: Message {
                             seq,
@@ -642,6 +782,7 @@ mod tests {
                         },
                         attempt,
                         lease_deadline: deadline,
+                        token: LeaseToken::new(token),
                     }
                 },
             )

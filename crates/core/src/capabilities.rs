@@ -156,7 +156,8 @@ impl Capabilities {
             StartPosition::Time(_) => self.require(Feature::SeekByTime)?,
             StartPosition::New | StartPosition::Earliest => {}
         }
-        if config.max_in_flight_per_consumer < SubscriptionConfig::default().max_in_flight_per_consumer
+        if config.max_in_flight_per_consumer
+            < SubscriptionConfig::default().max_in_flight_per_consumer
         {
             self.require(Feature::PerConsumerInFlight)?;
         }

@@ -177,7 +177,11 @@ impl Subscription {
                 }
                 // After a round that found nothing deliverable, read further
                 // ahead than asked: what lies ahead is probably more of the same.
-                let n = if round == 0 { n } else { n.max(SCAN_AHEAD).min(st.track_room()) };
+                let n = if round == 0 {
+                    n
+                } else {
+                    n.max(SCAN_AHEAD).min(st.track_room())
+                };
                 let batch = log.read(st.next(), n, SCAN_BYTES)?;
                 let Some(last) = batch.last() else { break };
                 let to = last.seq + 1;
@@ -248,9 +252,8 @@ impl Subscription {
     fn scan_meta(&self, st: &SubState, batch: &[Message]) -> (Vec<Scanned>, Vec<(Seq, Seq)>) {
         let ordered = st.config().ordered;
         let cursor = st.delay_cursor();
-        let left_to_index = |m: &Message| {
-            !ordered && m.deliver_at.is_some_and(|at| (at, m.seq) > cursor)
-        };
+        let left_to_index =
+            |m: &Message| !ordered && m.deliver_at.is_some_and(|at| (at, m.seq) > cursor);
         let mut meta = Vec::new();
         let mut skip: Vec<(Seq, Seq)> = Vec::new();
         let mut entries = Vec::new();

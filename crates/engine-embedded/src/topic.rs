@@ -342,7 +342,8 @@ impl Topic {
             // An append counted here took its seqs after this read.
             (*feeding == 0).then(|| self.log.next_seq())
         };
-        self.delays.flush(covered.unwrap_or_else(|| self.delays.covered()))
+        self.delays
+            .flush(covered.unwrap_or_else(|| self.delays.covered()))
     }
 
     /// After a restart: enters the delayed records of the log written after
@@ -355,7 +356,11 @@ impl Topic {
             seq = last.seq + 1;
             let entries: Vec<(Millis, Seq)> = batch
                 .iter()
-                .filter_map(|m| m.deliver_at.filter(|&at| at > m.published_at).map(|at| (at, m.seq)))
+                .filter_map(|m| {
+                    m.deliver_at
+                        .filter(|&at| at > m.published_at)
+                        .map(|at| (at, m.seq))
+                })
                 .collect();
             self.delays.insert(&entries);
         }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use courier_core::{
-    Clock, Delivery, Engine, LeaseToken, NewMessage, Outcome, PullRequest, RetryPolicy,
-    SeekTarget, StartPosition, SubscriptionConfig, TopicConfig,
+    Clock, Delivery, Engine, LeaseToken, NewMessage, Outcome, PullRequest, RetryPolicy, SeekTarget,
+    StartPosition, SubscriptionConfig, TopicConfig,
 };
 use courier_embedded::{EmbeddedConfig, EmbeddedEngine};
 use tempfile::TempDir;
@@ -161,9 +161,7 @@ async fn competing_consumers_share_the_queue() {
                 d.message.seq
             );
         }
-        e.ack("q", &tokens(&got))
-            .await
-            .unwrap();
+        e.ack("q", &tokens(&got)).await.unwrap();
     }
     assert_eq!(seen.len(), 100);
     e.shutdown().await.unwrap();
@@ -260,13 +258,19 @@ async fn extend_keeps_the_lease() {
     e.publish("t", vec![msg("slow")]).await.unwrap();
     let leased = tokens(&e.pull("s", pull(1)).await.unwrap());
     tokio::time::advance(Duration::from_secs(9)).await;
-    let outcomes = e.extend("s", &leased, Duration::from_secs(10)).await.unwrap();
+    let outcomes = e
+        .extend("s", &leased, Duration::from_secs(10))
+        .await
+        .unwrap();
     assert_eq!(outcomes, vec![Outcome::Ok]);
     tokio::time::advance(Duration::from_secs(9)).await;
     assert!(e.pull("s", pull(1)).await.unwrap().is_empty());
     assert_eq!(e.subscription("s").await.unwrap().in_flight, 1);
     tokio::time::advance(Duration::from_secs(1)).await;
-    let outcomes = e.extend("s", &leased, Duration::from_secs(1)).await.unwrap();
+    let outcomes = e
+        .extend("s", &leased, Duration::from_secs(1))
+        .await
+        .unwrap();
     assert_eq!(outcomes, vec![Outcome::LeaseLost]);
     e.shutdown().await.unwrap();
 }
@@ -493,9 +497,7 @@ async fn seek_by_sequence_and_time() {
     }
     e.publish("t", vec![msg("3"), msg("4")]).await.unwrap();
     let got = e.pull("s", pull(10)).await.unwrap();
-    e.ack("s", &tokens(&got))
-        .await
-        .unwrap();
+    e.ack("s", &tokens(&got)).await.unwrap();
     e.seek("s", SeekTarget::Seq(2)).await.unwrap();
     assert_eq!(
         bodies(&e.pull("s", pull(10)).await.unwrap()),
@@ -838,7 +840,9 @@ async fn open_at(dir: &std::path::Path, clock: Clock) -> Arc<EmbeddedEngine> {
         retention_interval: Duration::ZERO,
         ..EmbeddedConfig::default()
     };
-    EmbeddedEngine::open_with_clock(config, clock).await.unwrap()
+    EmbeddedEngine::open_with_clock(config, clock)
+        .await
+        .unwrap()
 }
 
 /// The crash window of dead-lettering, rebuilt exactly: the letters are in
@@ -884,7 +888,10 @@ async fn dead_lettering_redone_after_a_crash_stores_each_letter_once() {
     // The crash image: subscription state from before, the dead-letter log from after.
     let crashed = dir.path().join("crashed");
     copy_dir(&before, &crashed);
-    copy_dir(&live.join("topics").join("s.dlq"), &crashed.join("topics").join("s.dlq"));
+    copy_dir(
+        &live.join("topics").join("s.dlq"),
+        &crashed.join("topics").join("s.dlq"),
+    );
     // Ten minutes later: far past the dead-letter topic's dedup window.
     at.fetch_add(600_000, std::sync::atomic::Ordering::AcqRel);
     let e = open_at(&crashed, clock.clone()).await;
@@ -912,7 +919,9 @@ async fn delays_and_deadlines_follow_the_wall_clock_through_steps() {
         retention_interval: Duration::ZERO,
         ..EmbeddedConfig::default()
     };
-    let e = EmbeddedEngine::open_with_clock(config, clock).await.unwrap();
+    let e = EmbeddedEngine::open_with_clock(config, clock)
+        .await
+        .unwrap();
     e.create_topic("t", TopicConfig::default()).await.unwrap();
     e.create_subscription("s", sub_config("t")).await.unwrap();
     let delayed = NewMessage {
@@ -959,7 +968,9 @@ async fn generated_ids_never_change_across_restarts() {
     };
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("meta.json")).unwrap()).unwrap();
-    let salt = meta["topic_salts"]["t"].as_u64().expect("the salt is stored");
+    let salt = meta["topic_salts"]["t"]
+        .as_u64()
+        .expect("the salt is stored");
     for _ in 0..2 {
         let e = open(&dir).await;
         let read = e.read("t", 1, 10).await.unwrap();
@@ -1007,7 +1018,10 @@ async fn sequences_are_never_reused_after_a_lost_tail() {
         .unwrap();
     let e = open(&dir).await;
     let r = e.publish("t", vec![msg("6")]).await.unwrap();
-    assert_eq!(r[0].seq, 6, "seq 5 was given out once: it is never given again");
+    assert_eq!(
+        r[0].seq, 6,
+        "seq 5 was given out once: it is never given again"
+    );
     let got = e.pull("s", pull(10)).await.unwrap();
     assert_eq!(bodies(&got), vec!["6"]);
     e.shutdown().await.unwrap();
@@ -1032,7 +1046,10 @@ async fn delayed_messages_never_hide_a_ready_one() {
     let got = e.pull("s", pull(1)).await.unwrap();
     assert_eq!(bodies(&got), vec!["ready"]);
     let info = e.subscription("s").await.unwrap();
-    assert_eq!(info.waiting, 0, "delayed messages are not tracked in memory");
+    assert_eq!(
+        info.waiting, 0,
+        "delayed messages are not tracked in memory"
+    );
     e.ack("s", &tokens(&got)).await.unwrap();
     tokio::time::advance(Duration::from_secs(600)).await;
     let got = e.pull("s", pull(1000)).await.unwrap();

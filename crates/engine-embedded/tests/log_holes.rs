@@ -47,7 +47,6 @@ impl Layout {
             segment_bytes: self.segment_bytes,
             fsync: true,
             preallocate: self.preallocate,
-            ..LogOptions::default()
         };
         TopicLog::open(dir, opts).unwrap()
     }

@@ -19,7 +19,6 @@ fn open(dir: &Path, preallocate: u64) -> TopicLog {
         segment_bytes: SEGMENT,
         fsync: true,
         preallocate,
-        ..LogOptions::default()
     };
     TopicLog::open(dir, opts).unwrap()
 }

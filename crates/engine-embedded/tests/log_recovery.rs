@@ -18,7 +18,6 @@ fn opts(segment_bytes: u64, preallocate: u64) -> LogOptions {
         segment_bytes,
         fsync: true,
         preallocate,
-        ..LogOptions::default()
     }
 }
 

@@ -12,8 +12,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use courier_embedded::state::{Counters, Event, Scanned, Snapshot, SubState, TRACK_LIMIT};
 use courier_core::types::{Millis, RetryPolicy, Seq, SubscriptionConfig};
+use courier_embedded::state::{Counters, Event, Scanned, Snapshot, SubState, TRACK_LIMIT};
 use proptest::prelude::*;
 
 const KEYS: [&str; 3] = ["a", "b", "c"];

@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use courier_core::{Millis, SubscriptionConfig};
+use courier_core::{Millis, RetryPolicy, SubscriptionConfig, SubscriptionUpdate};
 
 /// 9999-12-31T23:59:59.999Z.
 pub const MAX_TIMESTAMP_MS: Millis = 253_402_300_799_999;
@@ -40,15 +40,30 @@ pub fn duration_ms(what: &str, ms: u64) -> Result<u64, String> {
     Ok(ms)
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// The durations of a subscription: the lease and the retry backoffs.
 pub fn subscription(config: &SubscriptionConfig) -> Result<(), String> {
-    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     duration_ms("ack_deadline", millis(config.ack_deadline))?;
-    duration_ms(
-        "retry.initial_backoff",
-        millis(config.retry.initial_backoff),
-    )?;
-    duration_ms("retry.max_backoff", millis(config.retry.max_backoff))?;
+    retry(&config.retry)
+}
+
+/// The durations an update of a subscription sets.
+pub fn subscription_update(update: &SubscriptionUpdate) -> Result<(), String> {
+    if let Some(d) = update.ack_deadline {
+        duration_ms("ack_deadline", millis(d))?;
+    }
+    match &update.retry {
+        Some(r) => retry(r),
+        None => Ok(()),
+    }
+}
+
+fn retry(r: &RetryPolicy) -> Result<(), String> {
+    duration_ms("retry.initial_backoff", millis(r.initial_backoff))?;
+    duration_ms("retry.max_backoff", millis(r.max_backoff))?;
     Ok(())
 }
 
@@ -86,5 +101,24 @@ mod tests {
         let mut c = SubscriptionConfig::for_topic("t");
         c.retry.max_backoff = Duration::MAX;
         assert!(subscription(&c).unwrap_err().contains("retry.max_backoff"));
+
+        subscription_update(&SubscriptionUpdate::default()).unwrap();
+        let u = SubscriptionUpdate {
+            ack_deadline: Some(Duration::from_millis(MAX_DURATION_MS + 1)),
+            ..SubscriptionUpdate::default()
+        };
+        assert!(subscription_update(&u)
+            .unwrap_err()
+            .contains("ack_deadline"));
+        let u = SubscriptionUpdate {
+            retry: Some(RetryPolicy {
+                initial_backoff: Duration::MAX,
+                ..RetryPolicy::default()
+            }),
+            ..SubscriptionUpdate::default()
+        };
+        assert!(subscription_update(&u)
+            .unwrap_err()
+            .contains("retry.initial_backoff"));
     }
 }

@@ -1,6 +1,11 @@
 //! Every error answer is an RFC 9457 problem document with a stable `code`:
 //! the engine's `Error::code()` for engine errors, the transport codes below
 //! for everything the HTTP layer refuses on its own.
+//!
+//! Engine errors take their status from their kind: not found 404, conflict
+//! 409, bad request 400, too large 413, unsupported 501 (the engine lacks a
+//! feature; retrying cannot help), unavailable 503 with `Retry-After: 1`
+//! (shutting down, or the engine's backend is unreachable), internal 500.
 
 use std::time::Duration;
 
@@ -27,6 +32,15 @@ pub mod codes {
     /// The client went over `server.rate_limit`; `Retry-After` says when to come back.
     pub const RATE_LIMITED: &str = "rate_limited";
     pub const INTERNAL: &str = "internal_error";
+
+    // Engine codes (`courier_core::Error::code`) with an HTTP status of their own.
+
+    /// 501: the engine lacks a feature the request needs (`GET /v1/capabilities`
+    /// lists what it has). Not retryable.
+    pub const UNSUPPORTED_BY_ENGINE: &str = "unsupported_by_engine";
+    /// 503 with `Retry-After`: the engine's backend (a NATS or Redis server)
+    /// cannot be reached for now.
+    pub const ENGINE_UNAVAILABLE: &str = "engine_unavailable";
 }
 
 /// An error on its way to becoming a problem document.
@@ -93,12 +107,17 @@ impl From<courier_core::Error> for ApiError {
             ErrorKind::Conflict => StatusCode::CONFLICT,
             ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
             ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::Unsupported => StatusCode::NOT_IMPLEMENTED,
+            // With `Retry-After: 1` (see `into_response`).
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        // Shutting down is expected, not worth an error line; storage failures are.
+        // Shutting down is expected, not worth an error line; storage failures
+        // are, and so is losing the engine's backend.
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %e, code = e.code(), "engine error");
+        } else if matches!(e, courier_core::Error::Unavailable(_)) {
+            tracing::warn!(error = %e, code = e.code(), "engine unavailable");
         }
         Self::new(status, e.code(), e.to_string())
     }
@@ -185,5 +204,69 @@ mod tests {
         );
         let bad = ApiError::bad_request(codes::INVALID_QUERY, "x").into_response();
         assert!(!bad.headers().contains_key(header::RETRY_AFTER));
+    }
+
+    fn problem_of(response: Response) -> (StatusCode, Option<String>, Problem) {
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+        let body = body_bytes(response);
+        (status, retry_after, serde_json::from_slice(&body).unwrap())
+    }
+
+    fn body_bytes(response: Response) -> bytes::Bytes {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(axum::body::to_bytes(response.into_body(), usize::MAX))
+            .unwrap()
+    }
+
+    #[test]
+    fn unsupported_features_answer_501() {
+        let e = courier_core::Error::Unsupported {
+            engine: "redis".into(),
+            feature: courier_core::Feature::SeekByTime,
+        };
+        let (status, retry_after, problem) = problem_of(ApiError::from(e).into_response());
+        assert_eq!(status, StatusCode::NOT_IMPLEMENTED);
+        assert_eq!(retry_after, None, "retrying cannot help");
+        assert_eq!(problem.status, 501);
+        assert_eq!(problem.code, codes::UNSUPPORTED_BY_ENGINE);
+        assert_eq!(problem.type_, "urn:courier:problem:unsupported_by_engine");
+        assert_eq!(
+            problem.detail.as_deref(),
+            Some("the redis engine does not support seeking by time")
+        );
+    }
+
+    #[test]
+    fn an_unavailable_engine_answers_503_with_retry_after() {
+        let e = courier_core::Error::Unavailable("connection refused".into());
+        let (status, retry_after, problem) = problem_of(ApiError::from(e).into_response());
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(retry_after.as_deref(), Some("1"));
+        assert_eq!(problem.status, 503);
+        assert_eq!(problem.code, codes::ENGINE_UNAVAILABLE);
+        assert!(
+            problem.detail.unwrap().contains("connection refused"),
+            "the cause is in the detail"
+        );
+    }
+
+    #[test]
+    fn engine_codes_listed_here_are_the_engines() {
+        assert_eq!(
+            courier_core::Error::Unavailable(String::new()).code(),
+            codes::ENGINE_UNAVAILABLE
+        );
+        let unsupported = courier_core::Error::Unsupported {
+            engine: "x".into(),
+            feature: courier_core::Feature::Dedup,
+        };
+        assert_eq!(unsupported.code(), codes::UNSUPPORTED_BY_ENGINE);
     }
 }

@@ -182,13 +182,23 @@ async fn malformed_requests() {
         .await
         .unwrap();
     expect_problem(sub_post("ack", "{}"), 422, "invalid_field").await;
-    expect_problem(sub_post("ack", r#"{"seqs": []}"#), 400, "invalid_argument").await;
-    expect_problem(
-        sub_post("ack", r#"{"seqs": ["one"]}"#),
-        422,
-        "invalid_field",
-    )
-    .await;
+    for action in ["ack", "nack", "extend"] {
+        let extra = if action == "extend" {
+            r#", "by_ms": 1"#
+        } else {
+            ""
+        };
+        let p = expect_problem(
+            sub_post(action, &format!(r#"{{"tokens": []{extra}}}"#)),
+            400,
+            "invalid_argument",
+        )
+        .await;
+        assert!(p.detail.unwrap().contains("empty"), "{action}");
+    }
+    // Tokens are strings; the sequences of the old API are refused by name.
+    expect_problem(sub_post("ack", r#"{"tokens": [1]}"#), 422, "invalid_field").await;
+    expect_problem(sub_post("ack", r#"{"seqs": [1]}"#), 422, "unknown_field").await;
     expect_problem(
         sub_post("seek", r#"{"seq": 1, "time": 1}"#),
         400,
@@ -423,7 +433,7 @@ async fn extreme_numbers_are_refused_not_overflowed() {
         )
         .await
         .unwrap();
-    let seq = leased[0].message.seq;
+    let token = leased[0].token.clone();
     let max = u64::MAX;
     let sub_post = |action: &str, body: String| {
         raw.json(
@@ -434,14 +444,20 @@ async fn extreme_numbers_are_refused_not_overflowed() {
     };
 
     let p = expect_problem(
-        sub_post("extend", format!(r#"{{"seqs": [{seq}], "by_ms": {max}}}"#)),
+        sub_post(
+            "extend",
+            format!(r#"{{"tokens": ["{token}"], "by_ms": {max}}}"#),
+        ),
         400,
         "invalid_argument",
     )
     .await;
     assert!(p.detail.unwrap().contains("by_ms"));
     expect_problem(
-        sub_post("nack", format!(r#"{{"seqs": [{seq}], "delay_ms": {max}}}"#)),
+        sub_post(
+            "nack",
+            format!(r#"{{"tokens": ["{token}"], "delay_ms": {max}}}"#),
+        ),
         400,
         "invalid_argument",
     )
@@ -460,7 +476,10 @@ async fn extreme_numbers_are_refused_not_overflowed() {
     .await;
     // Beyond u64 or u32: the JSON type itself does not fit.
     expect_problem(
-        sub_post("extend", format!(r#"{{"seqs": [{seq}], "by_ms": {max}0}}"#)),
+        sub_post(
+            "extend",
+            format!(r#"{{"tokens": ["{token}"], "by_ms": {max}0}}"#),
+        ),
         422,
         "invalid_field",
     )
@@ -534,12 +553,17 @@ async fn extreme_numbers_are_refused_not_overflowed() {
     assert_eq!(ok.status(), StatusCode::CREATED);
     let ok = sub_post(
         "extend",
-        format!(r#"{{"seqs": [{seq}], "by_ms": 3153600000000}}"#),
+        format!(r#"{{"tokens": ["{token}"], "by_ms": 3153600000000}}"#),
     )
     .send()
     .await
     .unwrap();
-    assert_eq!(ok.status(), StatusCode::NO_CONTENT);
+    assert_eq!(ok.status(), StatusCode::OK);
+    let answer: serde_json::Value = ok.json().await.unwrap();
+    assert_eq!(
+        answer["results"],
+        serde_json::json!([{ "token": token.as_str(), "outcome": "ok" }])
+    );
     // A delivery time in the distant past means "now".
     let past = publish()
         .header("Courier-Deliver-At", "1")
@@ -573,7 +597,8 @@ async fn extreme_numbers_are_refused_not_overflowed() {
     assert!(none.is_empty());
 
     // Nothing above broke the subscription.
-    c.ack("s", &[seq, got[0].message.seq]).await.unwrap();
+    let acked = c.ack("s", &[token, got[0].token.clone()]).await.unwrap();
+    assert_eq!(acked.ok_count(), 2);
     assert_eq!(c.subscription("s").await.unwrap().in_flight, 0);
     server.stop().await;
 }
@@ -635,10 +660,11 @@ async fn publish_header_edge_cases() {
     server.stop().await;
 }
 
-/// Acknowledgement arrays as large as the body limit allows are answered, not
-/// left hanging; a million sequences is about 8 MB of JSON.
+/// Token arrays beyond 10000 are refused up front, even one as large as the
+/// body limit allows (a million tokens is about 10 MB of JSON); 10000 are
+/// answered, one result each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn huge_seq_arrays_are_answered() {
+async fn huge_token_arrays_are_refused_and_the_largest_allowed_answered() {
     let mut server = TestServer::start().await;
     let raw = Raw::new(&server);
     let c = &server.client;
@@ -646,25 +672,42 @@ async fn huge_seq_arrays_are_answered() {
     c.create_subscription("s", &SubscriptionConfig::for_topic("t"))
         .await
         .unwrap();
-    let seqs = (1..=1_000_000u64)
-        .map(|s| s.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    for (action, extra, status) in [
-        ("ack", "", StatusCode::NO_CONTENT),
-        ("nack", "", StatusCode::NO_CONTENT),
-        ("extend", r#", "by_ms": 1000"#, StatusCode::CONFLICT),
-    ] {
+    let tokens = |n: u64| {
+        (1..=n)
+            .map(|s| format!(r#""{s}-1""#))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let (allowed, over, huge) = (tokens(10_000), tokens(10_001), tokens(1_000_000));
+    for (action, extra) in [("ack", ""), ("nack", ""), ("extend", r#", "by_ms": 1000"#)] {
+        let path = format!("/v1/subscriptions/s/{action}");
+        for list in [&over, &huge] {
+            let p = expect_problem(
+                raw.json(
+                    Method::POST,
+                    &path,
+                    &format!(r#"{{"tokens": [{list}]{extra}}}"#),
+                ),
+                400,
+                "invalid_argument",
+            )
+            .await;
+            assert!(p.detail.unwrap().contains("10000"), "{action}");
+        }
         let response = raw
             .json(
                 Method::POST,
-                &format!("/v1/subscriptions/s/{action}"),
-                &format!(r#"{{"seqs": [{seqs}]{extra}}}"#),
+                &path,
+                &format!(r#"{{"tokens": [{allowed}]{extra}}}"#),
             )
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), status, "{action}");
+        assert_eq!(response.status(), StatusCode::OK, "{action}");
+        let answer: courier_client::wire::SettleResponse = response.json().await.unwrap();
+        assert_eq!(answer.results.len(), 10_000, "{action}");
+        assert_eq!(answer.results[9_999].token.as_str(), "10000-1");
+        assert_eq!(answer.ok_count(), 0, "{action}: nothing was published");
     }
     assert_eq!(c.subscription("s").await.unwrap().in_flight, 0);
     server.stop().await;

@@ -4,9 +4,11 @@ mod common;
 
 use std::time::Duration;
 
-use courier_client::wire::{NackBody, PublishMessage, PullBody};
+use courier_client::wire::{DeliveryView, NackBody, PublishMessage, PullBody, SettleResponse};
 use courier_client::Publish;
-use courier_core::{dlq_headers, RetryPolicy, SeekTarget, SubscriptionConfig, TopicConfig};
+use courier_core::{
+    dlq_headers, LeaseToken, Outcome, RetryPolicy, SeekTarget, SubscriptionConfig, TopicConfig,
+};
 
 use common::{eventually, TestServer};
 
@@ -29,6 +31,14 @@ fn pull_body(max: u32) -> PullBody {
         max_messages: Some(max),
         wait_ms: Some(5_000),
     }
+}
+
+fn tokens(deliveries: &[DeliveryView]) -> Vec<LeaseToken> {
+    deliveries.iter().map(|d| d.token.clone()).collect()
+}
+
+fn outcomes(answer: &SettleResponse) -> Vec<Outcome> {
+    answer.results.iter().map(|r| r.outcome).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,31 +135,56 @@ async fn message_lifecycle() {
     assert_eq!(got[0].message.body.as_deref(), Some("hello"));
     assert!(got[0].lease_deadline > got[0].message.published_at);
 
-    // Extend a lease; a sequence not leased is a conflict.
-    c.extend("work", &[1], Duration::from_secs(60))
+    let all = tokens(&got);
+    assert!(
+        all.iter().collect::<std::collections::HashSet<_>>().len() == 3,
+        "each delivery has its own token: {all:?}"
+    );
+
+    // Extend a lease; a token of a message never published is not found.
+    let extended = c
+        .extend("work", &all[..1], Duration::from_secs(60))
         .await
         .unwrap();
-    let err = c
-        .extend("work", &[999], Duration::from_secs(1))
+    assert_eq!(extended.results[0].token, all[0]);
+    assert_eq!(outcomes(&extended), [Outcome::Ok]);
+    let missing = c
+        .extend("work", &[LeaseToken::new("999-1")], Duration::from_secs(1))
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Some("not_leased"));
+        .unwrap();
+    assert_eq!(outcomes(&missing), [Outcome::NotFound]);
 
-    c.ack("work", &[2, 3]).await.unwrap();
+    let acked = c.ack("work", &all[1..]).await.unwrap();
+    assert_eq!(outcomes(&acked), [Outcome::Ok, Outcome::Ok]);
+    // Acking again: settled already.
+    let again_acked = c.ack("work", &all[1..2]).await.unwrap();
+    assert_eq!(outcomes(&again_acked), [Outcome::NotFound]);
 
-    // Nack → redelivered as attempt 2.
-    let nack = |error: &str| NackBody {
-        seqs: vec![1],
+    // Nack → redelivered as attempt 2, under a new token.
+    let nack = |token: &LeaseToken, error: &str| NackBody {
+        tokens: vec![token.clone()],
         delay_ms: Some(0),
         error: Some(error.into()),
     };
-    c.nack("work", &nack("first failure")).await.unwrap();
+    let nacked = c
+        .nack("work", &nack(&all[0], "first failure"))
+        .await
+        .unwrap();
+    assert_eq!(outcomes(&nacked), [Outcome::Ok]);
     let retry = c.pull("work", &pull_body(10)).await.unwrap();
     assert_eq!(retry.len(), 1);
     assert_eq!((retry[0].message.seq, retry[0].attempt), (1, 2));
+    assert_ne!(retry[0].token, all[0], "a new lease, a new token");
+    // The first lease's token no longer settles anything.
+    let stale = c.nack("work", &nack(&all[0], "stale")).await.unwrap();
+    assert_eq!(outcomes(&stale), [Outcome::LeaseLost]);
 
     // The second failure is the last attempt: dead-lettered.
-    c.nack("work", &nack("boom")).await.unwrap();
+    let nacked = c
+        .nack("work", &nack(&retry[0].token, "boom"))
+        .await
+        .unwrap();
+    assert_eq!(outcomes(&nacked), [Outcome::Ok]);
     let dead = eventually("message 1 is dead-lettered", || async {
         let dl = c.dead_letters("work", 10).await.unwrap();
         (!dl.is_empty()).then_some(dl)
@@ -176,7 +211,8 @@ async fn message_lifecycle() {
     assert_eq!(replayed.len(), 1);
     assert_eq!(replayed[0].message.id, "m1");
     assert_eq!(replayed[0].message.body.as_deref(), Some("hello"));
-    c.ack("work", &[replayed[0].message.seq]).await.unwrap();
+    let acked = c.ack("work", &tokens(&replayed)).await.unwrap();
+    assert_eq!(outcomes(&acked), [Outcome::Ok]);
     assert!(c.dead_letters("work", 10).await.unwrap().is_empty());
 
     // Seek back to the start: everything is delivered again.
@@ -186,7 +222,8 @@ async fn message_lifecycle() {
         again.iter().map(|d| d.message.seq).collect::<Vec<_>>(),
         vec![1, 2, 3]
     );
-    c.ack("work", &[1, 2, 3]).await.unwrap();
+    let acked = c.ack("work", &tokens(&again)).await.unwrap();
+    assert_eq!(acked.ok_count(), 3);
 
     let stats = c.stats().await.unwrap();
     assert!(stats.topics >= 1 && stats.subscriptions >= 1);
@@ -272,12 +309,8 @@ async fn restart_keeps_data() {
     // Settle the first five so the restart must also keep the subscription's position.
     let first = c.pull("reader", &pull_body(5)).await.unwrap();
     assert_eq!(first.len(), 5);
-    c.ack(
-        "reader",
-        &first.iter().map(|d| d.message.seq).collect::<Vec<_>>(),
-    )
-    .await
-    .unwrap();
+    let acked = c.ack("reader", &tokens(&first)).await.unwrap();
+    assert_eq!(acked.ok_count(), 5);
 
     let server = server.restart().await;
     let c = &server.client;
@@ -288,12 +321,8 @@ async fn restart_keeps_data() {
     let rest = c.pull("reader", &pull_body(100)).await.unwrap();
     assert_eq!(rest.first().map(|d| d.message.seq), Some(6));
     assert_eq!(rest.len(), 15);
-    c.ack(
-        "reader",
-        &rest.iter().map(|d| d.message.seq).collect::<Vec<_>>(),
-    )
-    .await
-    .unwrap();
+    let acked = c.ack("reader", &tokens(&rest)).await.unwrap();
+    assert_eq!(acked.ok_count(), 15);
     let mut server = server;
     server.stop().await;
 }

@@ -53,6 +53,7 @@ fn every_route_is_documented() {
         "/v1/subscriptions/{name}/dead-letters",
         "/v1/subscriptions/{name}/dead-letters/replay",
         "/v1/stats",
+        "/v1/capabilities",
         "/healthz",
         "/readyz",
         "/openapi.json",
@@ -117,6 +118,21 @@ fn core_type_schemas_match_their_serde_form() {
         ("SubscriptionInfo", serde_json::to_value(&sub).unwrap()),
         ("PublishReceipt", serde_json::to_value(&receipt).unwrap()),
         ("Stats", serde_json::to_value(Stats::default()).unwrap()),
+        (
+            "Capabilities",
+            serde_json::to_value(Capabilities::all("embedded", 1)).unwrap(),
+        ),
+        (
+            "SubscriptionUpdate",
+            serde_json::to_value(SubscriptionUpdate {
+                ack_deadline: Some(std::time::Duration::from_secs(1)),
+                max_in_flight: Some(1),
+                max_in_flight_per_consumer: Some(1),
+                retry: Some(RetryPolicy::default()),
+                dead_letter_topic: Some("d".into()),
+            })
+            .unwrap(),
+        ),
     ];
     for (name, value) in cases {
         let serialized: BTreeSet<&String> = value.as_object().unwrap().keys().collect();
@@ -143,4 +159,63 @@ fn rate_limited_answers_are_documented_where_they_happen() {
             assert_eq!(has_429, !exempt, "{method} {path}");
         }
     }
+}
+
+/// The hand-written enums of core types list exactly the names those types serialize.
+#[test]
+fn core_enum_schemas_match_their_serde_form() {
+    let doc: Value = serde_json::from_str(&courier_server::openapi_json()).unwrap();
+    let schemas = &doc["components"]["schemas"];
+    let names = |values: Vec<Value>| -> BTreeSet<String> {
+        values
+            .into_iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let documented = |name: &str| {
+        names(
+            schemas[name]["enum"]
+                .as_array()
+                .unwrap_or_else(|| panic!("schema {name} is an enum"))
+                .clone(),
+        )
+    };
+    let features = Feature::ALL
+        .iter()
+        .map(|f| serde_json::to_value(f).unwrap())
+        .collect();
+    assert_eq!(documented("Feature"), names(features));
+    let outcomes = [
+        Outcome::Ok,
+        Outcome::LeaseLost,
+        Outcome::NotLeased,
+        Outcome::NotFound,
+    ]
+    .iter()
+    .map(|o| serde_json::to_value(o).unwrap())
+    .collect();
+    assert_eq!(documented("Outcome"), names(outcomes));
+}
+
+/// Ack, nack and extend document their 200 answer with one result per token.
+#[test]
+fn settling_answers_are_documented() {
+    let doc: Value = serde_json::from_str(&courier_server::openapi_json()).unwrap();
+    for action in ["ack", "nack", "extend"] {
+        let op = &doc["paths"][format!("/v1/subscriptions/{{name}}/{action}")]["post"];
+        let ok = &op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"];
+        assert_eq!(ok, "#/components/schemas/SettleResponse", "{action}");
+        assert!(op["responses"].get("204").is_none(), "{action}");
+    }
+    let results = &doc["components"]["schemas"]["SettleResponse"]["properties"]["results"];
+    assert_eq!(results["items"]["$ref"], "#/components/schemas/TokenResult");
+    let patch = &doc["paths"]["/v1/subscriptions/{name}"]["patch"];
+    assert!(patch["responses"]["200"].is_object());
+    assert!(
+        patch["responses"]["429"].is_object(),
+        "PATCH is rate limited too"
+    );
+    assert!(
+        doc["components"]["responses"]["EngineUnavailable"]["headers"]["Retry-After"].is_object()
+    );
 }

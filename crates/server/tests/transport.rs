@@ -44,9 +44,8 @@ async fn h2c_prior_knowledge() {
         .await
         .unwrap();
     assert_eq!(got.len(), 20);
-    h2.ack("s", &got.iter().map(|d| d.message.seq).collect::<Vec<_>>())
-        .await
-        .unwrap();
+    let tokens: Vec<_> = got.iter().map(|d| d.token.clone()).collect();
+    assert_eq!(h2.ack("s", &tokens).await.unwrap().ok_count(), 20);
 
     let raw = reqwest::Client::builder()
         .http2_prior_knowledge()
@@ -182,7 +181,10 @@ async fn cloudevents_come_back_the_way_they_came() {
     assert_eq!(d.header("ce-source"), Some("/orders"));
     assert_eq!(d.header("ce-specversion"), Some("1.0"));
     assert_eq!(d.header("courier-attempt"), Some("1"));
-    c.ack("ce-sub", &[d.seq().unwrap()]).await.unwrap();
+    assert_eq!(d.header("courier-seq"), Some("1"));
+    let token = d.token().expect("a Courier-Token header");
+    let acked = c.ack("ce-sub", &[token]).await.unwrap();
+    assert_eq!(acked.ok_count(), 1, "the raw delivery's token acks it");
 
     // Structured mode: the whole event is the body.
     let event =
@@ -198,7 +200,8 @@ async fn cloudevents_come_back_the_way_they_came() {
         .expect("a delivery");
     assert_eq!(&d.body[..], &event[..]);
     assert_eq!(d.header("content-type"), Some(CLOUDEVENTS_JSON));
-    c.ack("ce-sub", &[d.seq().unwrap()]).await.unwrap();
+    let acked = c.ack("ce-sub", &[d.token().unwrap()]).await.unwrap();
+    assert_eq!(acked.ok_count(), 1);
 
     // The same event again is a duplicate within the dedup window.
     let mut headers = HeaderMap::new();

@@ -21,7 +21,7 @@ use courier_bench::load::Outcome;
 use courier_bench::machine::CpuMeter;
 use courier_bench::report::{count, goals_table, mib, micros, Goal, Table};
 use courier_bench::{body, inproc, machine, Options};
-use courier_core::Engine;
+use courier_core::{Engine, LeaseToken};
 use courier_embedded::EmbeddedConfig;
 
 const BODIES: [usize; 2] = [256, 4096];
@@ -291,17 +291,27 @@ fn memory_section(
         "publishing {} more with client ids, then exiting without shutdown (child process)…",
         count(crash_publishes as f64)
     );
+    // The crash child gives message 1 back under the lease the restart probe took.
+    let token = reopened
+        .get("token")
+        .context("the restart probe printed no lease token")?
+        .clone();
     run_child(&[
         "__crash",
         &data,
         &crash_publishes.to_string(),
+        &token,
         fsync,
         prealloc,
     ])?;
     println!("restarting after that crash (child process)…");
     let after_crash = run_child(&["__reopen", &data, fsync, prealloc])?;
 
-    let get = |m: &HashMap<String, f64>, k: &str| m.get(k).copied().unwrap_or(f64::NAN);
+    let get = |m: &HashMap<String, String>, k: &str| {
+        m.get(k)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
     let mut table = Table::new(
         &format!(
             "Memory with a backlog of {} × 256 B and restart ({})",
@@ -392,7 +402,7 @@ fn memory_section(
 }
 
 /// Runs this program again with `args` and returns the `key=value` pairs of its `RESULT` line.
-fn run_child(args: &[&str]) -> Result<HashMap<String, f64>> {
+fn run_child(args: &[&str]) -> Result<HashMap<String, String>> {
     let exe = std::env::current_exe()?;
     let output = Command::new(exe)
         .args(args)
@@ -411,7 +421,7 @@ fn run_child(args: &[&str]) -> Result<HashMap<String, f64>> {
     line.split_whitespace()
         .map(|kv| {
             let (k, v) = kv.split_once('=').context("malformed RESULT")?;
-            Ok((k.to_string(), v.parse()?))
+            Ok((k.to_string(), v.to_string()))
         })
         .collect()
 }
@@ -500,17 +510,34 @@ fn child_backlog(args: &[String]) -> Result<()> {
 }
 
 /// Child: publishes `count` messages with client ids on the backlog, gives
-/// message 1 back to the subscription the restart probe pulls from, then exits
-/// without `shutdown`: a crash, as far as the files are concerned. The next
-/// open must replay the journal and re-learn the ids written since the last
-/// checkpoint.
+/// message 1 back (nacks the lease `TOKEN` the restart probe took) to the
+/// subscription the probe pulls from, then exits without `shutdown`: a crash,
+/// as far as the files are concerned. The next open must replay the journal
+/// and re-learn the ids written since the last checkpoint.
+///
+/// Arguments: `DIR COUNT TOKEN fsync|no-fsync PREALLOCATE_BYTES`.
 fn child_crash(args: &[String]) -> Result<()> {
-    let (child, n) = ChildArgs::parse_with_count(args, "__crash")?;
+    let [dir, n, token, rest @ ..] = args else {
+        bail!("usage: __crash DIR COUNT TOKEN fsync|no-fsync PREALLOCATE_BYTES")
+    };
+    let flags: Vec<String> = [dir.clone(), n.clone()]
+        .into_iter()
+        .chain(rest.iter().cloned())
+        .collect();
+    let (child, n) = ChildArgs::parse_with_count(&flags, "__crash")?;
     let runtime = runtime()?;
     runtime.block_on(async {
         let engine = child.open().await?;
         let sub = BACKLOG_SUBSCRIPTIONS[0];
-        engine.nack(sub, &[1], Some(Duration::ZERO), None).await?;
+        let token = LeaseToken::new(token.as_str());
+        let outcome = engine
+            .nack(sub, &[token], Some(Duration::ZERO), None)
+            .await?;
+        // Lost only if the lease ran out first (a very slow open): then message
+        // 1 comes back on its own, after its backoff.
+        if outcome != [courier_core::Outcome::Ok] {
+            eprintln!("note: giving message 1 back: {outcome:?}");
+        }
         let body = body(256);
         for start in (0..n).step_by(1000) {
             let batch = (start..(start + 1000).min(n))
@@ -535,13 +562,14 @@ fn child_reopen(args: &[String]) -> Result<()> {
         let started = Instant::now();
         let engine = child.open().await?;
         let opened = started.elapsed();
-        inproc::first_message(engine.as_ref(), BACKLOG_SUBSCRIPTIONS[0], &body(256)).await?;
+        let token =
+            inproc::first_message(engine.as_ref(), BACKLOG_SUBSCRIPTIONS[0], &body(256)).await?;
         let first = started.elapsed();
         let memory = machine::memory()?;
         let backlog = engine.subscription(BACKLOG_SUBSCRIPTIONS[1]).await?.backlog;
         engine.shutdown().await?;
         println!(
-            "RESULT open_secs={} first_pull_secs={} rss={} hwm={} backlog={backlog}",
+            "RESULT open_secs={} first_pull_secs={} rss={} hwm={} backlog={backlog} token={token}",
             opened.as_secs_f64(),
             first.as_secs_f64(),
             memory.rss,

@@ -485,9 +485,13 @@ async fn courier_http(
                             if pulled.messages.iter().any(|m| m.body.map(str::len) != Some(BODY)) {
                                 bail!("pulled a message with an unexpected body");
                             }
-                            let seqs: Vec<u64> = pulled.messages.iter().map(|m| m.seq).collect();
-                            conn.json(Method::POST, "/v1/subscriptions/work-q/ack", http::ack_body(&seqs), &[StatusCode::NO_CONTENT]).await?;
-                            w.record(t, seqs.len() as u64);
+                            let tokens: Vec<&str> = pulled.messages.iter().map(|m| m.token).collect();
+                            let answer = conn.json(Method::POST, "/v1/subscriptions/work-q/ack", http::ack_body(&tokens), &[StatusCode::OK]).await?;
+                            let (ok, all) = http::acked(&answer)?;
+                            if ok != tokens.len() || all != tokens.len() {
+                                bail!("{ok} of {} fresh leases acked", tokens.len());
+                            }
+                            w.record(t, tokens.len() as u64);
                         }
                         Ok(w)
                     }

@@ -56,11 +56,7 @@ impl EmbeddedEngine {
         }
     }
 
-    async fn store_dead_letters(
-        &self,
-        sub: &Subscription,
-        views: &[PendingView],
-    ) -> Result<()> {
+    async fn store_dead_letters(&self, sub: &Subscription, views: &[PendingView]) -> Result<()> {
         let dlq_topic = sub.dlq_topic();
         let dlq = {
             let mut meta = self.admin.lock().await;
@@ -163,9 +159,15 @@ impl EmbeddedEngine {
             *writers.entry(sub.dlq_topic()).or_default() += 1;
         }
         for (name, subs) in writers {
-            let Ok(dlq) = self.topic_ref(&name) else { continue };
+            let Ok(dlq) = self.topic_ref(&name) else {
+                continue;
+            };
             let n = (LETTERS_IN_DOUBT * subs) as u64;
-            let from = dlq.log.next_seq().saturating_sub(n).max(dlq.log.first_seq());
+            let from = dlq
+                .log
+                .next_seq()
+                .saturating_sub(n)
+                .max(dlq.log.first_seq());
             let mut seq = from;
             loop {
                 let batch = dlq.log.read(seq, 4096, 16 << 20)?;

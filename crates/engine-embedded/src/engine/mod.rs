@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use crate::state::{Event, SubState};
+use async_trait::async_trait;
 use courier_core::types::dlq_headers;
 use courier_core::{
     error::validate_name, Capabilities, Clock, Delivery, Engine, Error, LeaseToken, Message,
@@ -81,7 +81,10 @@ impl EmbeddedEngine {
     }
 
     /// Opens with another clock than the system's (tests drive time with it).
-    pub async fn open_with_clock(config: EmbeddedConfig, clock: Clock) -> Result<Arc<EmbeddedEngine>> {
+    pub async fn open_with_clock(
+        config: EmbeddedConfig,
+        clock: Clock,
+    ) -> Result<Arc<EmbeddedEngine>> {
         config.validate()?;
         let dir = config.data_dir.clone();
         std::fs::create_dir_all(&dir)?;

@@ -20,7 +20,8 @@ pub(super) fn recover(
         .collect();
     if !unsalted.is_empty() {
         for name in unsalted {
-            meta.topic_salts.insert(name.clone(), Topic::legacy_salt(&name));
+            meta.topic_salts
+                .insert(name.clone(), Topic::legacy_salt(&name));
         }
         store.save(&meta)?;
     }

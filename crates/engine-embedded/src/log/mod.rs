@@ -439,7 +439,8 @@ impl TopicLog {
     /// are durable. The writer shares one write and one fsync among every
     /// append queued at the time. Dropping the future does not cancel the append.
     pub async fn append(&self, records: Vec<AppendRecord>) -> Result<Appended> {
-        self.append_at(records, courier_core::clock::wall_now()).await
+        self.append_at(records, courier_core::clock::wall_now())
+            .await
     }
 
     /// Like [`append`](Self::append), stamping the records with `now` (the

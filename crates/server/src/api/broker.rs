@@ -3,7 +3,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use courier_client::wire::{schema, Health, Problem};
-use courier_core::Stats;
+use courier_core::{Capabilities, Stats};
 
 use super::AppState;
 use crate::error::ApiError;
@@ -14,6 +14,16 @@ use crate::error::ApiError;
 )]
 pub(crate) async fn stats(State(s): State<AppState>) -> Result<Json<Stats>, ApiError> {
     Ok(Json(s.engine.stats().await?))
+}
+
+/// What the broker's engine supports. Requests that need a feature not listed
+/// are refused with 501 `unsupported_by_engine`.
+#[utoipa::path(
+    get, path = "/v1/capabilities", tag = "broker",
+    responses((status = 200, description = "The engine's name, features and limits", body = schema::Capabilities))
+)]
+pub(crate) async fn capabilities(State(s): State<AppState>) -> Json<Capabilities> {
+    Json(s.engine.capabilities())
 }
 
 /// Liveness: the process answers HTTP.

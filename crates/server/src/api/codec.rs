@@ -2,7 +2,7 @@
 //! headers, body untouched), the batch JSON form, and the raw delivery that
 //! hands a message back the way it came (CloudEvents binary or structured mode).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -141,7 +141,7 @@ pub(crate) fn message_from_headers<'a>(
             })
         })
         .transpose()?;
-    message.deliver_at = delivery_time(delay, deliver_at)
+    (message.deliver_at, message.delay) = delivery_time(delay, deliver_at)
         .map_err(|e| ApiError::bad_request(codes::INVALID_HEADER, e))?;
     Ok(message)
 }
@@ -226,7 +226,7 @@ pub(crate) fn message_from_json(
         .map(|ms| bounds::duration_ms("delay_ms", ms))
         .transpose()
         .map_err(at)?;
-    let deliver_at = delivery_time(delay_ms, deliver_at).map_err(at)?;
+    let (deliver_at, delay) = delivery_time(delay_ms, deliver_at).map_err(at)?;
     let id = match m.id {
         Some(id) => Some(id),
         None => headers.get("ce-id").cloned(),
@@ -237,6 +237,7 @@ pub(crate) fn message_from_json(
         headers,
         body,
         deliver_at,
+        delay,
     })
 }
 
@@ -250,15 +251,18 @@ fn check_header_count(headers: &Headers, max: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The message's `deliver_at` and `delay`. A delay goes to the engine as it
+/// is, to be counted from the engine's own clock when it stores the message
+/// (this server's clock may differ from the engine's); a delay of 0 is none.
 fn delivery_time(
     delay_ms: Option<u64>,
     deliver_at: Option<Millis>,
-) -> Result<Option<Millis>, String> {
+) -> Result<(Option<Millis>, Option<Duration>), String> {
     match (delay_ms, deliver_at) {
         (Some(_), Some(_)) => Err("give a delay or a delivery time, not both".into()),
-        (Some(0), None) => Ok(None),
-        (Some(delay), None) => Ok(Some(now_millis().saturating_add(delay))),
-        (None, at) => Ok(at),
+        (Some(0), None) => Ok((None, None)),
+        (Some(delay), None) => Ok((None, Some(Duration::from_millis(delay)))),
+        (None, at) => Ok((at, None)),
     }
 }
 
@@ -278,16 +282,10 @@ pub(crate) fn timestamp_millis(t: &Timestamp) -> Result<Millis, String> {
     }
 }
 
-fn now_millis() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or(0)
-}
-
 /// One delivery as a bare HTTP response: the stored body with its stored
 /// content type, `ce-*` attributes as headers (CloudEvents binary mode), other
-/// message headers as `Courier-Header-*`, and the lease as `Courier-*` headers.
+/// message headers as `Courier-Header-*`, and the lease as `Courier-*` headers
+/// (`Courier-Token` names it for ack, nack and extend).
 pub(crate) fn raw_delivery(d: Delivery) -> Response {
     let m = d.message;
     let mut out = HeaderMap::new();
@@ -305,6 +303,7 @@ pub(crate) fn raw_delivery(d: Delivery) -> Response {
         }
     };
     put(h::SEQ, &m.seq.to_string());
+    put(h::TOKEN, d.token.as_str());
     put(h::ID, &m.id);
     put(h::ATTEMPT, &d.attempt.to_string());
     put(h::LEASE_DEADLINE, &d.lease_deadline.to_string());
@@ -375,6 +374,35 @@ mod tests {
         );
         assert_eq!(m.headers.len(), 3);
         assert_eq!(&m.body[..], b"hi");
+    }
+
+    #[test]
+    fn delays_go_to_the_engine_as_durations() {
+        let m =
+            message_from_http(&headers(&[("Courier-Delay", "1500")]), Bytes::new(), 10).unwrap();
+        assert_eq!(m.delay, Some(Duration::from_millis(1500)));
+        assert_eq!(m.deliver_at, None, "the server does not read its own clock");
+        let at = message_from_http(
+            &headers(&[("Courier-Deliver-At", "1000")]),
+            Bytes::new(),
+            10,
+        )
+        .unwrap();
+        assert_eq!((at.deliver_at, at.delay), (Some(1000), None));
+        let zero =
+            message_from_http(&headers(&[("Courier-Delay", "0")]), Bytes::new(), 10).unwrap();
+        assert_eq!((zero.deliver_at, zero.delay), (None, None));
+        let batch = message_from_json(
+            0,
+            PublishMessage {
+                delay_ms: Some(250),
+                ..Default::default()
+            },
+            10,
+        )
+        .unwrap();
+        assert_eq!(batch.delay, Some(Duration::from_millis(250)));
+        assert_eq!(batch.deliver_at, None);
     }
 
     #[test]

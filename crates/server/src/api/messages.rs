@@ -36,6 +36,7 @@ const COPY_BELOW: usize = 16 * 1024;
         (status = 201, description = "Stored durably", body = schema::PublishReceipt),
         (status = 404, description = "`topic_not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "`body_too_large` or `message_too_large`", body = Problem, content_type = "application/problem+json"),
+        (status = 501, description = "`unsupported_by_engine`: a delay, delivery time or message id this engine does not support", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn publish(
@@ -87,6 +88,7 @@ pub(crate) async fn publish_one(
     responses(
         (status = 201, description = "Stored durably; receipts in request order", body = PublishBatchResponse),
         (status = 404, description = "`topic_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 501, description = "`unsupported_by_engine`: a delay, delivery time or message id this engine does not support", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn publish_batch(

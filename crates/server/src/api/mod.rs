@@ -68,7 +68,7 @@ impl AppState {
 #[openapi(
     info(
         title = "Courier",
-        description = "A durable message broker: topics, subscriptions with leases, retries and dead letters.\n\nEvery error is an RFC 9457 problem document (`application/problem+json`) whose `code` is stable.",
+        description = "A durable message broker: topics, subscriptions with leases, retries and dead letters.\n\nEvery error is an RFC 9457 problem document (`application/problem+json`) whose `code` is stable. Two codes may come from any `/v1` operation, because they depend on the engine behind the broker: `unsupported_by_engine` (501) when the engine lacks a feature the request needs (`GET /v1/capabilities` lists what it has; retrying does not help), and `engine_unavailable` (503, with `Retry-After`) when the engine's backend cannot be reached for now.",
         license(name = "Apache-2.0", identifier = "Apache-2.0")
     ),
     tags(
@@ -88,7 +88,8 @@ struct ApiDoc;
 
 /// Every operation may also answer a problem document (bad input, timeout,
 /// shutting down); listing that on each route would only repeat it. Every
-/// operation but the health probes may also answer 429 `rate_limited`.
+/// operation but the health probes may also answer 429 `rate_limited`, and
+/// every `/v1` operation 503 `engine_unavailable`.
 struct DefaultProblem;
 
 impl Modify for DefaultProblem {
@@ -110,6 +111,15 @@ impl Modify for DefaultProblem {
             )
             .description(Some("Whole seconds until a request may succeed again"))
             .build();
+        let unavailable: OaResponse = ResponseBuilder::new()
+            .description(
+                "`engine_unavailable`: the engine's backend (a NATS or Redis server) \
+                 cannot be reached for now; try again after `Retry-After` seconds. \
+                 (`shutting_down` also answers 503.)",
+            )
+            .header("Retry-After", retry_after.clone())
+            .content(courier_client::wire::PROBLEM_JSON, problem_content())
+            .build();
         let rate_limited: OaResponse = ResponseBuilder::new()
             .description(
                 "`rate_limited`: this client (IP address, IPv6 /64) went over the \
@@ -119,18 +129,23 @@ impl Modify for DefaultProblem {
             .content(courier_client::wire::PROBLEM_JSON, problem_content())
             .build();
         // Described once, referred to by every operation it applies to.
-        openapi
+        let responses = &mut openapi
             .components
             .get_or_insert_with(Default::default)
-            .responses
-            .insert("RateLimited".into(), rate_limited.into());
+            .responses;
+        responses.insert("RateLimited".into(), rate_limited.into());
+        responses.insert("EngineUnavailable".into(), unavailable.into());
         let rate_limited = utoipa::openapi::Ref::from_response_name("RateLimited");
+        let unavailable = utoipa::openapi::Ref::from_response_name("EngineUnavailable");
         for (path, item) in openapi.paths.paths.iter_mut() {
             let limited = !rate_limit::EXEMPT.contains(&path.as_str());
+            // Capabilities are constant: answering them needs no backend.
+            let engine = path.starts_with("/v1/") && path != "/v1/capabilities";
             for op in [
                 &mut item.get,
                 &mut item.put,
                 &mut item.post,
+                &mut item.patch,
                 &mut item.delete,
             ]
             .into_iter()
@@ -141,6 +156,11 @@ impl Modify for DefaultProblem {
                     responses
                         .entry("429".into())
                         .or_insert_with(|| rate_limited.clone().into());
+                }
+                if engine {
+                    responses
+                        .entry("503".into())
+                        .or_insert_with(|| unavailable.clone().into());
                 }
                 responses
                     .entry("default".into())
@@ -165,6 +185,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(
             subscriptions::create_subscription,
             subscriptions::get_subscription,
+            subscriptions::update_subscription,
             subscriptions::delete_subscription
         ))
         .routes(routes!(subscriptions::pull))
@@ -175,6 +196,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(subscriptions::dead_letters))
         .routes(routes!(subscriptions::replay_dead_letters))
         .routes(routes!(broker::stats))
+        .routes(routes!(broker::capabilities))
         .routes(routes!(broker::healthz))
         .routes(routes!(broker::readyz))
         .routes(routes!(broker::openapi_document))

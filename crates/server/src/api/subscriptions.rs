@@ -7,9 +7,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use courier_client::wire::{
     schema, write_pull_answer, AckBody, ExtendBody, MessageList, NackBody, Problem, PullBody,
-    PullResponse, ReplayBody, ReplayResponse, SeekBody, SubscriptionList,
+    PullResponse, ReplayBody, ReplayResponse, SeekBody, SettleResponse, SubscriptionList,
+    MAX_TOKENS,
 };
-use courier_core::{PullRequest, SeekTarget, Seq, SubscriptionConfig, SubscriptionInfo};
+use courier_core::{
+    LeaseToken, PullRequest, SeekTarget, SubscriptionConfig, SubscriptionInfo, SubscriptionUpdate,
+};
 use serde::Deserialize;
 
 use super::codec::{raw_delivery, timestamp_millis};
@@ -33,6 +36,7 @@ const MAX_PULL_MAX: u32 = 1000;
         (status = 200, description = "An identical subscription already exists", body = schema::SubscriptionInfo),
         (status = 404, description = "`topic_not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`subscription_exists`: it exists with a different configuration", body = Problem, content_type = "application/problem+json"),
+        (status = 501, description = "`unsupported_by_engine`: ordering, a start position or a per-consumer limit this engine does not support", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn create_subscription(
@@ -80,6 +84,32 @@ pub(crate) async fn get_subscription(
     Ok(Json(s.engine.subscription(&name).await?))
 }
 
+/// Changes a live subscription's settings; fields left out keep their value.
+///
+/// The subscription keeps its position, leases and counters. Leases already
+/// granted keep their deadlines; a new `ack_deadline` applies from the next
+/// lease on. `retry` replaces the whole policy.
+#[utoipa::path(
+    patch, path = "/v1/subscriptions/{name}", tag = "subscriptions",
+    params(("name" = String, Path, description = "Subscription name")),
+    request_body(content = schema::SubscriptionUpdate, description = "The settings to change; unknown fields are refused"),
+    responses(
+        (status = 200, description = "Updated (or unchanged); the subscription as it is now", body = schema::SubscriptionInfo),
+        (status = 400, description = "`invalid_argument`: a value out of range, or a dead-letter topic equal to the subscription's topic", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`subscription_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`unknown_field` or `invalid_field`", body = Problem, content_type = "application/problem+json"),
+        (status = 501, description = "`unsupported_by_engine`: the engine cannot change a live subscription, or not this setting", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn update_subscription(
+    State(s): State<AppState>,
+    Name(name): Name,
+    JsonBody(update): JsonBody<SubscriptionUpdate>,
+) -> Result<Json<SubscriptionInfo>, ApiError> {
+    bounds::subscription_update(&update).map_err(ApiError::invalid_argument)?;
+    Ok(Json(s.engine.update_subscription(&name, update).await?))
+}
+
 #[utoipa::path(
     delete, path = "/v1/subscriptions/{name}", tag = "subscriptions",
     params(("name" = String, Path, description = "Subscription name")),
@@ -101,8 +131,10 @@ pub(crate) async fn delete_subscription(
 /// With `Accept: application/cloudevents+json` at most one message is leased
 /// and answered bare, the way it was published: its body and content type,
 /// `ce-*` attributes as headers, other headers as `Courier-Header-*`, and the
-/// lease as `Courier-Seq`, `Courier-Attempt`, `Courier-Lease-Deadline`. 204 when
-/// nothing arrived in time.
+/// lease as `Courier-Seq`, `Courier-Token`, `Courier-Attempt`,
+/// `Courier-Lease-Deadline`. 204 when nothing arrived in time.
+///
+/// Each delivery's `token` names its lease: ack, nack and extend take it.
 #[utoipa::path(
     post, path = "/v1/subscriptions/{name}/pull", tag = "subscriptions",
     params(("name" = String, Path, description = "Subscription name")),
@@ -111,7 +143,7 @@ pub(crate) async fn delete_subscription(
         (status = 200, description = "Leased messages (possibly none)", body = PullResponse),
         (status = 204, description = "Raw mode: nothing arrived within the wait"),
         (status = 404, description = "`subscription_not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`shutting_down`: the broker stopped while the pull waited", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`shutting_down`: the broker stopped while the pull waited; `engine_unavailable`", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn pull(
@@ -181,82 +213,107 @@ pub(crate) async fn pull(
     Ok(([(CONTENT_TYPE, "application/json")], json).into_response())
 }
 
-fn non_empty(seqs: &[Seq]) -> Result<(), ApiError> {
-    if seqs.is_empty() {
-        return Err(ApiError::invalid_argument("seqs must not be empty"));
+/// 1 to [`MAX_TOKENS`] tokens: an empty list is a client bug, and a huge one
+/// would hold the subscription's lock for too long.
+fn check_tokens(tokens: &[LeaseToken]) -> Result<(), ApiError> {
+    match tokens.len() {
+        0 => Err(ApiError::invalid_argument("tokens must not be empty")),
+        n if n > MAX_TOKENS => Err(ApiError::invalid_argument(format!(
+            "{n} tokens, at most {MAX_TOKENS} allowed per request"
+        ))),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
-/// Settles messages; acking one already settled is a no-op.
+/// Settles the messages whose current leases the tokens name.
+///
+/// A valid request always answers 200 with one result per token, in request
+/// order; only those with outcome `ok` took effect. `lease_lost`: the lease
+/// expired or the message was leased again (another consumer may hold it now);
+/// `not_leased`: the message is pending and was not leased since it was read;
+/// `not_found`: already settled, not read yet, or not a token of this broker.
+/// The `ok` ones are durable when this answers.
 #[utoipa::path(
     post, path = "/v1/subscriptions/{name}/ack", tag = "subscriptions",
     params(("name" = String, Path, description = "Subscription name")),
     request_body = AckBody,
     responses(
-        (status = 204, description = "Acknowledged"),
+        (status = 200, description = "One result per token, in order; look at the outcomes", body = SettleResponse),
+        (status = 400, description = "`invalid_argument`: no tokens, or more than 10000", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`subscription_not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`not_leased`", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn ack(
     State(s): State<AppState>,
     Name(name): Name,
     JsonBody(body): JsonBody<AckBody>,
-) -> Result<StatusCode, ApiError> {
-    non_empty(&body.seqs)?;
-    s.engine.ack(&name, &body.seqs).await?;
-    Ok(StatusCode::NO_CONTENT)
+) -> Result<Json<SettleResponse>, ApiError> {
+    check_tokens(&body.tokens)?;
+    let outcomes = s.engine.ack(&name, &body.tokens).await?;
+    Ok(Json(SettleResponse::new(body.tokens, outcomes)))
 }
 
-/// Gives leased messages back for redelivery after `delay_ms` or the subscription's backoff.
+/// Gives leased messages back for redelivery after `delay_ms` or the
+/// subscription's backoff.
+///
+/// Answers like ack: 200 with one result per token, in order; only the `ok`
+/// ones were given back.
 #[utoipa::path(
     post, path = "/v1/subscriptions/{name}/nack", tag = "subscriptions",
     params(("name" = String, Path, description = "Subscription name")),
     request_body = NackBody,
     responses(
-        (status = 204, description = "Released for redelivery"),
+        (status = 200, description = "One result per token, in order; look at the outcomes", body = SettleResponse),
+        (status = 400, description = "`invalid_argument`: no tokens, more than 10000, or `delay_ms` out of range", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`subscription_not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`not_leased`", body = Problem, content_type = "application/problem+json"),
+        (status = 501, description = "`unsupported_by_engine`: the engine cannot nack with a chosen delay", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn nack(
     State(s): State<AppState>,
     Name(name): Name,
     JsonBody(body): JsonBody<NackBody>,
-) -> Result<StatusCode, ApiError> {
-    non_empty(&body.seqs)?;
+) -> Result<Json<SettleResponse>, ApiError> {
+    check_tokens(&body.tokens)?;
     let delay = body
         .delay_ms
         .map(|ms| bounds::duration_ms("delay_ms", ms).map(Duration::from_millis))
         .transpose()
         .map_err(ApiError::invalid_argument)?;
-    s.engine.nack(&name, &body.seqs, delay, body.error).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let outcomes = s
+        .engine
+        .nack(&name, &body.tokens, delay, body.error)
+        .await?;
+    Ok(Json(SettleResponse::new(body.tokens, outcomes)))
 }
 
-/// Pushes lease deadlines to now + `by_ms`.
+/// Pushes lease deadlines to now + `by_ms`; the tokens stay valid.
+///
+/// Answers like ack: 200 with one result per token, in order; only the `ok`
+/// ones were extended.
 #[utoipa::path(
     post, path = "/v1/subscriptions/{name}/extend", tag = "subscriptions",
     params(("name" = String, Path, description = "Subscription name")),
     request_body = ExtendBody,
     responses(
-        (status = 204, description = "Extended"),
+        (status = 200, description = "One result per token, in order; look at the outcomes", body = SettleResponse),
+        (status = 400, description = "`invalid_argument`: no tokens, more than 10000, or `by_ms` out of range", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`subscription_not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`not_leased`", body = Problem, content_type = "application/problem+json"),
+        (status = 501, description = "`unsupported_by_engine`: the engine cannot extend leases by a chosen duration", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn extend(
     State(s): State<AppState>,
     Name(name): Name,
     JsonBody(body): JsonBody<ExtendBody>,
-) -> Result<StatusCode, ApiError> {
-    non_empty(&body.seqs)?;
+) -> Result<Json<SettleResponse>, ApiError> {
+    check_tokens(&body.tokens)?;
     let by = bounds::duration_ms("by_ms", body.by_ms).map_err(ApiError::invalid_argument)?;
-    s.engine
-        .extend(&name, &body.seqs, Duration::from_millis(by))
+    let outcomes = s
+        .engine
+        .extend(&name, &body.tokens, Duration::from_millis(by))
         .await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(Json(SettleResponse::new(body.tokens, outcomes)))
 }
 
 /// Repositions the subscription: everything before the target counts as acked,
@@ -268,6 +325,7 @@ pub(crate) async fn extend(
     responses(
         (status = 204, description = "Repositioned"),
         (status = 404, description = "`subscription_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 501, description = "`unsupported_by_engine`: this engine cannot seek by sequence, or by time", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn seek(
@@ -328,6 +386,7 @@ pub(crate) async fn dead_letters(
     responses(
         (status = 200, description = "How many were replayed", body = ReplayResponse),
         (status = 404, description = "`subscription_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 501, description = "`unsupported_by_engine`: this engine cannot replay dead letters", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn replay_dead_letters(

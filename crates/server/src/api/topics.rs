@@ -18,6 +18,7 @@ use crate::extract::{JsonBody, Name, QueryParams};
         (status = 201, description = "Created", body = schema::TopicInfo),
         (status = 200, description = "An identical topic already exists", body = schema::TopicInfo),
         (status = 409, description = "`topic_exists`: it exists with a different configuration", body = Problem, content_type = "application/problem+json"),
+        (status = 501, description = "`unsupported_by_engine`: a retention limit or dedup window this engine does not keep", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn create_topic(
