@@ -305,3 +305,43 @@ pub async fn acks_and_leases_survive_reopen(factory: &dyn EngineFactory) {
     assert_eq!(subscription(&engine, "s").await.ack_floor, 3);
     done(engine).await;
 }
+
+/// A stale and the current token of one message in one call: the current one
+/// acts, the stale one is `lease_lost`, whichever comes first; the same
+/// token twice acts once.
+pub async fn stale_and_current_tokens_in_one_call(factory: &dyn EngineFactory) {
+    let (engine, _clock) = open(factory).await;
+    topic_and_sub(&engine, "t", "s", sub_config("t")).await;
+    publish(&engine, "t", &["1", "2"]).await;
+    let first = pull(&engine, "s", "a", 2).await;
+    assert_eq!(seqs(&first), vec![1, 2]);
+    advance(ACK_DEADLINE + MS).await;
+    advance(BACKOFF).await;
+    let again = pull(&engine, "s", "b", 2).await;
+    assert_eq!(seqs(&again), vec![1, 2], "both redelivered");
+    let outcomes = ack(
+        &engine,
+        "s",
+        &[
+            again[0].token.clone(),
+            first[0].token.clone(),
+            first[1].token.clone(),
+            again[1].token.clone(),
+            again[1].token.clone(),
+        ],
+    )
+    .await;
+    assert_eq!(
+        outcomes,
+        vec![
+            Outcome::Ok,
+            Outcome::LeaseLost,
+            Outcome::LeaseLost,
+            Outcome::Ok,
+            Outcome::Ok
+        ],
+        "ack [current 1, stale 1, stale 2, current 2, current 2 again]"
+    );
+    let info = engine.subscription("s").await.unwrap();
+    assert_eq!(info.acked_total, 2, "each message settled once");
+}

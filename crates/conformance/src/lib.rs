@@ -86,6 +86,7 @@ macro_rules! __behaviours {
                 replayed_message_token_is_not_leased: paused,
                 settled_or_foreign_token_is_not_found: paused,
                 outcomes_follow_token_order: paused,
+                stale_and_current_tokens_in_one_call: paused,
                 extend_keeps_the_lease_past_its_old_deadline: paused,
                 acks_and_leases_survive_reopen: paused,
             }

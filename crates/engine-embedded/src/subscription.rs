@@ -378,23 +378,25 @@ impl Subscription {
     /// deadline is lost even if no one has noticed yet.
     fn check_tokens(&self, st: &mut SubState, tokens: &[LeaseToken]) -> (Vec<Outcome>, Vec<Seq>) {
         self.expire_locked(st, self.clock.now());
-        let mut held = Vec::with_capacity(tokens.len());
+        let mut held: Vec<(Seq, u64)> = Vec::with_capacity(tokens.len());
         let outcomes = tokens
             .iter()
             .map(|t| match parse_token(t) {
-                // The same token twice in one call acts once.
-                Some((seq, _)) if held.contains(&seq) => Outcome::Ok,
+                // The same token twice in one call acts once; another lease
+                // of a message settled earlier in the call is lost.
+                Some(token) if held.contains(&token) => Outcome::Ok,
+                Some((seq, _)) if held.iter().any(|&(s, _)| s == seq) => Outcome::LeaseLost,
                 Some((seq, lease)) => {
                     let outcome = st.lease_status(seq, lease);
                     if outcome.is_ok() {
-                        held.push(seq);
+                        held.push((seq, lease));
                     }
                     outcome
                 }
                 None => Outcome::NotFound,
             })
             .collect();
-        (outcomes, held)
+        (outcomes, held.into_iter().map(|(seq, _)| seq).collect())
     }
 
     /// Settles the messages whose current leases `tokens` name; returns once
