@@ -10,6 +10,7 @@
 
 mod args;
 mod commands;
+mod engines;
 mod output;
 mod serve;
 

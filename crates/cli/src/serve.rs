@@ -1,8 +1,5 @@
 use std::io::Write;
-use std::sync::Arc;
 
-use courier_core::Engine;
-use courier_embedded::EmbeddedEngine;
 use courier_server::Config;
 
 use crate::args::ServeArgs;
@@ -16,7 +13,9 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), Failure> {
         config.server.listen = listen;
     }
     if let Some(dir) = args.data_dir {
-        config.engine.data_dir = dir;
+        config
+            .engine
+            .set_embedded("data_dir", dir.display().to_string());
     }
     if let Some(format) = args.log_format {
         config.log.format = format;
@@ -27,6 +26,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), Failure> {
     config
         .validate()
         .map_err(|e| Failure::usage(e.to_string()))?;
+    crate::engines::check(&config.engine)?;
     courier_server::init_tracing(&config.log);
 
     let listener = tokio::net::TcpListener::bind(config.server.listen)
@@ -37,18 +37,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), Failure> {
                 format!("cannot listen on {}: {e}", config.server.listen),
             )
         })?;
-    let engine: Arc<dyn Engine> =
-        EmbeddedEngine::open(config.engine.clone())
-            .await
-            .map_err(|e| {
-                Failure::new(
-                    exit::FAILED,
-                    format!(
-                        "cannot open the data directory {}: {e}",
-                        config.engine.data_dir.display()
-                    ),
-                )
-            })?;
+    let engine = crate::engines::open(&config.engine).await?;
     let addr = listener
         .local_addr()
         .map_err(|e| Failure::new(exit::FAILED, e.to_string()))?;

@@ -83,11 +83,7 @@ impl EmbeddedConfig {
 
     /// Refuses settings that cannot work, with a message saying which.
     pub fn validate(&self) -> courier_core::Result<()> {
-        let bad = |msg: &str| {
-            Err(courier_core::Error::InvalidArgument(format!(
-                "engine: {msg}"
-            )))
-        };
+        let bad = |msg: &str| Err(courier_core::Error::InvalidArgument(msg.to_string()));
         if self.data_dir.as_os_str().is_empty() {
             return bad("data_dir must not be empty");
         }

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use courier_core::{SubscriptionConfig, TopicConfig};
-use courier_embedded::EmbeddedConfig;
 use serde::{Deserialize, Serialize};
 
 use courier_core::types::millis;
@@ -18,12 +17,55 @@ use courier_core::types::millis;
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
-    pub engine: EmbeddedConfig,
+    pub engine: EngineConfig,
     pub log: LogConfig,
     /// Topics created at start when missing.
     pub topics: Vec<DeclaredTopic>,
     /// Subscriptions created at start when missing (after the topics).
     pub subscriptions: Vec<DeclaredSubscription>,
+}
+
+/// Which engine stores the messages, and each engine's own section.
+///
+/// The server does not read the sections: the binary hands the chosen one to
+/// its engine, which parses and checks it (so the server depends on no
+/// engine's settings type, and engines can be added without touching it).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    pub kind: EngineKind,
+    /// `[engine.embedded]`: the embedded engine's settings.
+    pub embedded: toml::Table,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineKind {
+    /// Courier's own durable store in a local directory: nothing to install.
+    #[default]
+    Embedded,
+}
+
+impl EngineKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Embedded => "embedded",
+        }
+    }
+}
+
+impl EngineConfig {
+    /// The chosen engine's section.
+    pub fn section(&self) -> &toml::Table {
+        match self.kind {
+            EngineKind::Embedded => &self.embedded,
+        }
+    }
+
+    /// Sets a key of the embedded engine's section (flags and environment).
+    pub fn set_embedded(&mut self, key: &str, value: impl Into<toml::Value>) {
+        self.embedded.insert(key.to_string(), value.into());
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,8 +215,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "server.rate_limit (requests/s per client, 0 = off)",
     ),
     ("COURIER_RATE_BURST", "server.rate_burst"),
-    ("COURIER_DATA_DIR", "engine.data_dir"),
-    ("COURIER_FSYNC", "engine.fsync"),
+    ("COURIER_DATA_DIR", "engine.embedded.data_dir"),
+    ("COURIER_FSYNC", "engine.embedded.fsync"),
     ("COURIER_LOG_FORMAT", "log.format"),
     ("COURIER_LOG_LEVEL", "log.level"),
 ];
@@ -182,9 +224,19 @@ pub const ENV_VARS: &[(&str, &str)] = &[
 impl Config {
     /// Parses a TOML document.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
+        toml::from_str(text).map_err(|e| {
+            let mut message = e.to_string();
+            if message.contains("expected `kind` or `embedded`") {
+                // Files written before engines were chosen by kind.
+                message.push_str(
+                    "\nthe embedded engine's settings go under [engine.embedded] \
+                     (see config/courier.example.toml)",
+                );
+            }
+            ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            }
         })
     }
 
@@ -229,8 +281,10 @@ impl Config {
                 "COURIER_MAX_PULL_WAIT" => self.server.max_pull_wait = ms(var, &value)?,
                 "COURIER_RATE_LIMIT" => self.server.rate_limit = parse(var, &value)?,
                 "COURIER_RATE_BURST" => self.server.rate_burst = parse(var, &value)?,
-                "COURIER_DATA_DIR" => self.engine.data_dir = PathBuf::from(value),
-                "COURIER_FSYNC" => self.engine.fsync = parse(var, &value)?,
+                "COURIER_DATA_DIR" => self.engine.set_embedded("data_dir", value),
+                "COURIER_FSYNC" => self
+                    .engine
+                    .set_embedded("fsync", parse::<bool>(var, &value)?),
                 "COURIER_LOG_FORMAT" => self.log.format = parse(var, &value)?,
                 "COURIER_LOG_LEVEL" => self.log.level = value,
                 _ => unreachable!("every ENV_VARS entry is handled"),
@@ -274,21 +328,6 @@ impl Config {
             if value > MAX_RATE {
                 return bad(format!("{key} = {value} is above {MAX_RATE}"));
             }
-        }
-        if self.engine.data_dir.as_os_str().is_empty() {
-            return bad("engine.data_dir must not be empty".into());
-        }
-        if self.engine.max_message_bytes == 0 {
-            return bad("engine.max_message_bytes must be at least 1".into());
-        }
-        if self.engine.segment_bytes < 4096 {
-            return bad("engine.segment_bytes must be at least 4096".into());
-        }
-        if self.engine.checkpoint_interval.is_zero() || self.engine.retention_interval.is_zero() {
-            return bad(
-                "engine.checkpoint_interval and engine.retention_interval must be above 0 ms"
-                    .into(),
-            );
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return bad(format!("log.level '{}': {e}", self.log.level));
@@ -357,7 +396,7 @@ mod tests {
         for doc in [
             "bogus = 1",
             "[server]\nlisten_addr = '0.0.0.0:1'",
-            "[engine]\ndatadir = 'x'",
+            "[engine]\ndata_dir = 'x'",
             "[log]\nformat = 'pretty'\ncolour = true",
             "[[topics]]\nname = 'a'\ndedup = 5",
             "[[topics]]\nname = 'a'\n[topics.retention]\nmax_ages = 5",
@@ -366,6 +405,8 @@ mod tests {
             let err = Config::from_toml(doc, Path::new("x.toml")).unwrap_err();
             assert!(err.to_string().contains("unknown field"), "{doc}: {err}");
         }
+        let err = Config::from_toml("[engine]\ndata_dir = 'x'", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("[engine.embedded]"), "{err}");
     }
 
     #[test]
@@ -409,9 +450,12 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(c.server.listen.port(), 9000);
-        assert_eq!(c.engine.data_dir, PathBuf::from("/var/lib/courier"));
+        assert_eq!(
+            c.engine.embedded["data_dir"].as_str(),
+            Some("/var/lib/courier")
+        );
         assert_eq!(c.log.format, LogFormat::Json);
-        assert!(!c.engine.fsync);
+        assert_eq!(c.engine.embedded["fsync"].as_bool(), Some(false));
         assert_eq!(c.server.request_timeout, Duration::from_millis(1500));
 
         let err = c
@@ -512,12 +556,16 @@ mod tests {
         (path, text)
     }
 
-    /// The example states every key at its default value.
+    /// The example states every key at its default value, the embedded
+    /// engine's section included.
     #[test]
     fn example_file_is_the_defaults() {
         let (path, text) = example();
-        let c = Config::from_toml(&text, &path).unwrap();
+        let mut c = Config::from_toml(&text, &path).unwrap();
         c.validate().unwrap();
+        let embedded: courier_embedded::EmbeddedConfig =
+            std::mem::take(&mut c.engine.embedded).try_into().unwrap();
+        assert_eq!(embedded, courier_embedded::EmbeddedConfig::default());
         assert_eq!(c, Config::default());
     }
 

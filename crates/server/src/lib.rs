@@ -26,6 +26,6 @@ mod server;
 mod telemetry;
 
 pub use api::{openapi, openapi_json};
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, EngineConfig, EngineKind};
 pub use server::{run, shutdown_signal, ServerError};
 pub use telemetry::init_tracing;

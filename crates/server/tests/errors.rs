@@ -326,7 +326,7 @@ async fn limits() {
     let mut server = TestServer::start_with(|c| {
         c.server.body_limit = 4096;
         c.server.max_headers_per_message = 2;
-        c.engine.max_message_bytes = 1024;
+        c.engine.set_embedded("max_message_bytes", 1024);
     })
     .await;
     let raw = Raw::new(&server);

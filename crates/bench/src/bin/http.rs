@@ -117,7 +117,7 @@ struct Programs {
     /// `--courier-only`: skip the in-process reference and Redis, for quick
     /// comparisons of server builds.
     courier_only: bool,
-    /// `--preallocate BYTES`: `engine.preallocate_bytes` for the server and
+    /// `--preallocate BYTES`: `engine.embedded.preallocate_bytes` for the server and
     /// the in-process reference (else the engine's default).
     preallocate: u64,
 }
@@ -348,7 +348,10 @@ async fn courier_http(
     let config = dir.path().join("courier.toml");
     std::fs::write(
         &config,
-        format!("[engine]\npreallocate_bytes = {}\n", programs.preallocate),
+        format!(
+            "[engine.embedded]\npreallocate_bytes = {}\n",
+            programs.preallocate
+        ),
     )?;
     command.arg("--config").arg(config);
     for (var, _) in std::env::vars_os() {

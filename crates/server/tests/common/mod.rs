@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use courier_client::Client;
 use courier_core::Engine;
-use courier_embedded::EmbeddedEngine;
+use courier_embedded::{EmbeddedConfig, EmbeddedEngine};
 use courier_server::Config;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -38,7 +38,9 @@ impl TestServer {
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
         let mut config = Config::default();
-        config.engine.data_dir = dir.path().join("data");
+        config
+            .engine
+            .set_embedded("data_dir", dir.path().join("data").display().to_string());
         config.server.listen = "127.0.0.1:0".parse().unwrap();
         tweak(&mut config);
         config.validate().expect("test config is valid");
@@ -46,9 +48,8 @@ impl TestServer {
     }
 
     async fn boot(config: Config, dir: Arc<tempfile::TempDir>) -> Self {
-        let engine: Arc<dyn Engine> = EmbeddedEngine::open(config.engine.clone())
-            .await
-            .expect("engine opens");
+        let settings: EmbeddedConfig = config.engine.embedded.clone().try_into().unwrap();
+        let engine: Arc<dyn Engine> = EmbeddedEngine::open(settings).await.expect("engine opens");
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .expect("bind");
@@ -79,7 +80,7 @@ impl TestServer {
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.config.engine.data_dir.clone()
+        PathBuf::from(self.config.engine.embedded["data_dir"].as_str().unwrap())
     }
 
     /// Graceful shutdown; fails the test if it does not complete in time.
