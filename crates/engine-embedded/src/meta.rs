@@ -19,8 +19,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::topic::DedupSnapshot;
 
+/// The version of the subscription state's encoding (checkpoints and
+/// journal entries). 2: lease numbers, incarnations, delay cursors and floors.
+pub(crate) const STATE_FORMAT: u32 = 2;
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct Meta {
+    /// [`STATE_FORMAT`] of the directory; absent (0) before version 2.
+    #[serde(default)]
+    pub state_format: u32,
     pub topics: BTreeMap<String, TopicConfig>,
     /// Each topic's id salt (see `Topic::new`).
     #[serde(default)]
@@ -50,15 +57,30 @@ impl MetaStore {
             dir: dir.to_path_buf(),
         };
         let path = dir.join("meta.json");
-        let meta = match fs::read(&path) {
+        let mut meta = match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Meta {
+                state_format: STATE_FORMAT,
                 next_subscription_id: 1,
                 ..Meta::default()
             },
             Err(e) => return Err(e.into()),
         };
+        if meta.state_format != STATE_FORMAT {
+            if !meta.subscriptions.is_empty() {
+                // Decoding the old encoding as the new one would misread it.
+                return Err(Error::Storage(format!(
+                    "{} holds subscription state in format {} and this Courier reads format \
+                     {STATE_FORMAT}: open it with the Courier that wrote it, or delete and \
+                     recreate its subscriptions there first",
+                    dir.display(),
+                    meta.state_format
+                )));
+            }
+            meta.state_format = STATE_FORMAT;
+            store.save(&meta)?;
+        }
         Ok((store, meta))
     }
 

@@ -68,7 +68,14 @@ fn push_range(ranges: &mut Vec<(Seq, Seq)>, from: Seq, to: Seq) {
 
 /// The embedded engine's lease token: `<seq>-<lease number>`.
 pub(crate) fn token(seq: Seq, lease: u64) -> LeaseToken {
-    LeaseToken::new(format!("{seq}-{lease}"))
+    // One per delivery: itoa and one exact allocation instead of `format!`.
+    let (mut a, mut b) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let (seq, lease) = (a.format(seq), b.format(lease));
+    let mut s = String::with_capacity(seq.len() + 1 + lease.len());
+    s.push_str(seq);
+    s.push('-');
+    s.push_str(lease);
+    LeaseToken::new(s)
 }
 
 fn parse_token(token: &LeaseToken) -> Option<(Seq, u64)> {
@@ -287,7 +294,7 @@ impl Subscription {
     /// Takes the delayed messages that came due from the topic's delay
     /// index (unordered subscriptions only; see [`scan_meta`](Self::scan_meta)).
     fn take_due(&self, st: &mut SubState, now: u64) -> Result<()> {
-        if st.config().ordered {
+        if st.config().ordered || self.topic.delays.is_empty() {
             return Ok(());
         }
         let cursor = st.delay_cursor();
@@ -378,25 +385,26 @@ impl Subscription {
     /// deadline is lost even if no one has noticed yet.
     fn check_tokens(&self, st: &mut SubState, tokens: &[LeaseToken]) -> (Vec<Outcome>, Vec<Seq>) {
         self.expire_locked(st, self.clock.now());
-        let mut held: Vec<(Seq, u64)> = Vec::with_capacity(tokens.len());
+        let mut seqs = Vec::with_capacity(tokens.len());
+        // A stale token of a message is lease_lost whatever else the call
+        // holds, since the message's current lease is another; the current
+        // token given twice is ok twice and acts once (seqs are deduplicated).
         let outcomes = tokens
             .iter()
             .map(|t| match parse_token(t) {
-                // The same token twice in one call acts once; another lease
-                // of a message settled earlier in the call is lost.
-                Some(token) if held.contains(&token) => Outcome::Ok,
-                Some((seq, _)) if held.iter().any(|&(s, _)| s == seq) => Outcome::LeaseLost,
                 Some((seq, lease)) => {
                     let outcome = st.lease_status(seq, lease);
                     if outcome.is_ok() {
-                        held.push((seq, lease));
+                        seqs.push(seq);
                     }
                     outcome
                 }
                 None => Outcome::NotFound,
             })
             .collect();
-        (outcomes, held.into_iter().map(|(seq, _)| seq).collect())
+        seqs.sort_unstable();
+        seqs.dedup();
+        (outcomes, seqs)
     }
 
     /// Settles the messages whose current leases `tokens` name; returns once

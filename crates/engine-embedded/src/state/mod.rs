@@ -137,7 +137,9 @@ struct Entry {
     attempts: u32,
     key: Option<Arc<str>>,
     state: EntryState,
-    last_error: Option<String>,
+    /// Shared: one nack or expiry gives the same text to many messages, and
+    /// the entry stays small (it is moved whenever its map node changes).
+    last_error: Option<Arc<str>>,
 }
 
 /// A pending message as the engine needs to see it.
@@ -311,7 +313,7 @@ impl SubState {
             seq,
             born: e.born,
             attempts: e.attempts,
-            last_error: e.last_error.clone(),
+            last_error: e.last_error.as_deref().map(str::to_string),
             lease_deadline: match e.state {
                 EntryState::Leased { deadline, .. } => Some(deadline),
                 _ => None,
@@ -490,7 +492,7 @@ impl SubState {
                     seq,
                     born: entry.born,
                     attempts: entry.attempts,
-                    last_error: entry.last_error.clone(),
+                    last_error: entry.last_error.as_deref().map(str::to_string),
                     lease_deadline: None,
                 }
             })
@@ -645,6 +647,7 @@ impl SubState {
                 }
             }
             Event::Retry { at, error } => {
+                let shared_error: Option<Arc<str>> = error.as_deref().map(Arc::from);
                 for &(seq, at) in at {
                     if !self.is_leased(seq) {
                         continue;
@@ -652,7 +655,7 @@ impl SubState {
                     self.unplace(seq);
                     let entry = self.pending.get_mut(&seq).expect("leased");
                     entry.state = EntryState::Waiting { at };
-                    entry.last_error = error.clone();
+                    entry.last_error = shared_error.clone();
                     let key = entry.key.clone();
                     self.place(seq);
                     // Its key is free again: a replayed message that sorted
