@@ -192,8 +192,8 @@ impl Subscription {
                 let batch = log.read(st.next(), n, SCAN_BYTES)?;
                 let Some(last) = batch.last() else { break };
                 let to = last.seq + 1;
-                let (meta, skip) = self.scan_meta(&st, &batch);
-                if let Some(e) = st.scanned_skipping(to, now, meta, skip) {
+                let (meta, skip, deferred) = self.scan_meta(&st, &batch);
+                if let Some(e) = st.scanned_skipping(to, now, meta, skip, deferred) {
                     self.record(&st, e);
                 }
                 read.extend(batch.into_iter().map(|m| (m.seq, m)));
@@ -256,7 +256,7 @@ impl Subscription {
     /// while they wait. The entry is made here too, before the skip is
     /// recorded: the publisher's entry may not be in yet. An ordered
     /// subscription tracks them, since a delayed message holds its key.
-    fn scan_meta(&self, st: &SubState, batch: &[Message]) -> (Vec<Scanned>, Vec<(Seq, Seq)>) {
+    fn scan_meta(&self, st: &SubState, batch: &[Message]) -> (Vec<Scanned>, Vec<(Seq, Seq)>, u64) {
         let ordered = st.config().ordered;
         let cursor = st.delay_cursor();
         let left_to_index =
@@ -288,7 +288,7 @@ impl Subscription {
         if !entries.is_empty() {
             self.topic.delays.insert(&entries);
         }
-        (meta, skip)
+        (meta, skip, entries.len() as u64)
     }
 
     /// Takes the delayed messages that came due from the topic's delay
@@ -488,7 +488,7 @@ impl Subscription {
             name: self.name.clone(),
             config: st.config().clone(),
             ack_floor: st.ack_floor(),
-            backlog: unread + st.tracked() as u64,
+            backlog: unread + st.tracked() as u64 + st.deferred(),
             in_flight: st.in_flight() as u64,
             waiting: st.waiting() as u64,
             delivered_total: counters.delivered,

@@ -1051,9 +1051,17 @@ async fn delayed_messages_never_hide_a_ready_one() {
         "delayed messages are not tracked in memory"
     );
     e.ack("s", &tokens(&got)).await.unwrap();
+    assert_eq!(
+        e.subscription("s").await.unwrap().backlog,
+        1000,
+        "but they count in the backlog"
+    );
     tokio::time::advance(Duration::from_secs(600)).await;
     let got = e.pull("s", pull(1000)).await.unwrap();
     assert_eq!(got.len(), 1000);
+    assert_eq!(e.subscription("s").await.unwrap().backlog, 1000);
+    e.ack("s", &tokens(&got)).await.unwrap();
+    assert_eq!(e.subscription("s").await.unwrap().backlog, 0);
     e.shutdown().await.unwrap();
 }
 

@@ -55,6 +55,9 @@ pub enum Event {
         /// that the topic's delay index hands over when due, and holes left
         /// by a lost log tail.
         skip: Vec<(Seq, Seq)>,
+        /// How many of the skipped messages were left to the delay index
+        /// (the rest of `skip` are holes).
+        deferred: u64,
     },
     /// Delayed messages came due in the topic's delay index: tracked from
     /// now on (those at or above `floor` and below `next`), and the index has
@@ -167,6 +170,7 @@ pub struct Snapshot {
     pub next: Seq,
     pub floor: Seq,
     pub delay_cursor: (Millis, Seq),
+    pub deferred: u64,
     pub dlq_cursor: Seq,
     pub counters: Counters,
     entries: Vec<(Seq, Entry)>,
@@ -184,6 +188,9 @@ pub struct SubState {
     /// How far the topic's delay index has been consumed, in (deliver_at, seq)
     /// order. A scanned message due after the cursor's time is left to the index.
     delay_cursor: (Millis, Seq),
+    /// Messages left to the delay index and not taken back yet (counted in
+    /// the backlog; retention may remove some, see [`deferred`](Self::deferred)).
+    deferred: u64,
     pending: BTreeMap<Seq, Entry>,
     ready: BTreeSet<(Millis, Seq)>,
     leases: BTreeSet<(Millis, Seq)>,
@@ -212,6 +219,7 @@ impl SubState {
             next: start.max(1),
             floor: start.max(1),
             delay_cursor: (0, 0),
+            deferred: 0,
             pending: BTreeMap::new(),
             ready: BTreeSet::new(),
             leases: BTreeSet::new(),
@@ -230,6 +238,7 @@ impl SubState {
         state.applied = snapshot.applied;
         state.floor = snapshot.floor;
         state.delay_cursor = snapshot.delay_cursor;
+        state.deferred = snapshot.deferred;
         state.dlq_cursor = snapshot.dlq_cursor;
         state.counters = snapshot.counters;
         for (seq, entry) in snapshot.entries {
@@ -257,6 +266,7 @@ impl SubState {
             next: self.next,
             floor: self.floor,
             delay_cursor: self.delay_cursor,
+            deferred: self.deferred,
             dlq_cursor: self.dlq_cursor,
             counters: self.counters,
             entries,
@@ -287,6 +297,14 @@ impl SubState {
     }
     pub fn delay_cursor(&self) -> (Millis, Seq) {
         self.delay_cursor
+    }
+    /// Messages waiting in the delay index for this subscription. Exact but
+    /// for retention removing some while they wait: never more than could be
+    /// there (everything read and untracked since the floor).
+    pub fn deferred(&self) -> u64 {
+        let read = self.next.saturating_sub(self.floor);
+        self.deferred
+            .min(read.saturating_sub(self.pending.len() as u64))
     }
     /// Room left for tracking more messages.
     pub fn track_room(&self) -> usize {
@@ -511,7 +529,7 @@ impl SubState {
 
     /// Builds the event for messages read from the log up to `to` (exclusive).
     pub fn scanned(&mut self, to: Seq, now: Millis, meta: Vec<Scanned>) -> Option<Event> {
-        self.scanned_skipping(to, now, meta, Vec::new())
+        self.scanned_skipping(to, now, meta, Vec::new(), 0)
     }
 
     /// Like [`scanned`](Self::scanned), leaving the `skip` ranges untracked.
@@ -521,6 +539,7 @@ impl SubState {
         now: Millis,
         meta: Vec<Scanned>,
         skip: Vec<(Seq, Seq)>,
+        deferred: u64,
     ) -> Option<Event> {
         (to > self.next).then(|| {
             self.emit(Event::Scanned {
@@ -528,6 +547,7 @@ impl SubState {
                 at: now,
                 meta,
                 skip,
+                deferred,
             })
         })
     }
@@ -566,7 +586,14 @@ impl SubState {
     pub fn apply(&mut self, event: &Event) {
         self.applied += 1;
         match event {
-            Event::Scanned { to, at, meta, skip } => {
+            Event::Scanned {
+                to,
+                at,
+                meta,
+                skip,
+                deferred,
+            } => {
+                self.deferred += deferred;
                 let mut meta = meta.iter().peekable();
                 let mut skip = skip.iter().peekable();
                 for seq in self.next..*to {
@@ -603,6 +630,7 @@ impl SubState {
                     if seq < self.floor || seq >= self.next || self.pending.contains_key(&seq) {
                         continue;
                     }
+                    self.deferred = self.deferred.saturating_sub(1);
                     self.insert(
                         seq,
                         Entry {
