@@ -174,6 +174,15 @@ impl Capabilities {
         Ok(())
     }
 
+    /// Extending by the subscription's ack deadline is what every engine can
+    /// do (JetStream's in-progress ack); any other length needs the feature.
+    pub fn check_extend(&self, by: Duration, ack_deadline: Duration) -> Result<()> {
+        if by != ack_deadline {
+            self.require(Feature::LeaseExtension)?;
+        }
+        Ok(())
+    }
+
     pub fn check_seek(&self, target: &SeekTarget) -> Result<()> {
         match target {
             SeekTarget::Seq(_) => self.require(Feature::SeekBySeq),
@@ -205,6 +214,9 @@ mod tests {
         assert!(Capabilities::all("test", 1024)
             .check_subscription(&config)
             .is_ok());
+        let basic = without(Feature::LeaseExtension);
+        let deadline = Duration::from_secs(30);
+        assert!(basic.check_extend(deadline, deadline).is_ok());
     }
 
     #[test]
@@ -231,6 +243,10 @@ mod tests {
             (
                 Feature::SeekBySeq,
                 Box::new(|c| c.check_seek(&SeekTarget::Seq(1))),
+            ),
+            (
+                Feature::LeaseExtension,
+                Box::new(|c| c.check_extend(Duration::from_secs(5), Duration::from_secs(30))),
             ),
             (
                 Feature::RetentionMaxAge,

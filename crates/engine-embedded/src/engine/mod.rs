@@ -506,7 +506,10 @@ impl Engine for EmbeddedEngine {
                 "extend needs a positive duration".into(),
             ));
         }
-        self.sub_ref(subscription)?.extend(tokens, by).await
+        let sub = self.sub_ref(subscription)?;
+        let ack_deadline = sub.state.lock().config().ack_deadline;
+        self.capabilities().check_extend(by, ack_deadline)?;
+        sub.extend(tokens, by).await
     }
 
     async fn seek(&self, subscription: &str, target: SeekTarget) -> Result<()> {
