@@ -4,7 +4,11 @@
 //!   group-commit writer (many publishers share one fsync).
 //! - `journal`: the state journal: every subscription state change, group-committed,
 //!   replayed over the last checkpoint on start.
-//! - `meta`: topic and subscription definitions and subscription checkpoints (redb).
+//! - `meta`: topic and subscription definitions (`meta.json`, replaced
+//!   atomically) and checkpoints of subscription state and dedup tables.
+//! - `delays`: each topic's durable index of delayed messages.
+//! - `state`: the subscription state machine; `subscription` drives it.
+//! - `tail`: topic tails, one shared reader per followed topic.
 
 /// Per-topic durable index of delayed messages by delivery time.
 pub mod delays;
