@@ -292,8 +292,9 @@ pub(crate) struct TailArgs {
     pub consumer: Option<String>,
 }
 
+/// The positionals of ack, nack and extend: whose leases, and which.
 #[derive(Debug, Args)]
-pub(crate) struct AckArgs {
+pub(crate) struct Leases {
     /// Subscription the messages were pulled from.
     pub subscription: String,
     /// Lease tokens, as `pull` printed them (e.g. 5-17).
@@ -302,12 +303,15 @@ pub(crate) struct AckArgs {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct AckArgs {
+    #[command(flatten)]
+    pub leases: Leases,
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct NackArgs {
-    /// Subscription the messages were pulled from.
-    pub subscription: String,
-    /// Lease tokens, as `pull` printed them (e.g. 5-17).
-    #[arg(required = true, value_parser = parse_token)]
-    pub tokens: Vec<LeaseToken>,
+    #[command(flatten)]
+    pub leases: Leases,
     /// Redeliver after this delay instead of the subscription's backoff, with a unit
     /// (e.g. 5s, 500ms; 0 for now).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -319,12 +323,10 @@ pub(crate) struct NackArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct ExtendArgs {
-    /// Subscription the messages were pulled from.
-    pub subscription: String,
-    /// Lease tokens, as `pull` printed them (e.g. 5-17). They stay valid.
-    #[arg(required = true, value_parser = parse_token)]
-    pub tokens: Vec<LeaseToken>,
-    /// The new lease deadline is now + this, with a unit (e.g. 30s, 5m).
+    #[command(flatten)]
+    pub leases: Leases,
+    /// The new lease deadline is now + this, with a unit (e.g. 30s, 5m); the tokens
+    /// stay valid.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub by: Duration,
 }

@@ -54,21 +54,23 @@ async fn run_with(client: &Client, out: &Output, command: Command) -> Result<(),
         Command::Pull(args) => pull(client, out, args).await,
         Command::Tail(args) => tail(client, out, args).await,
         Command::Ack(args) => {
-            let answer = client.ack(&args.subscription, &args.tokens).await?;
+            let answer = client
+                .ack(&args.leases.subscription, &args.leases.tokens)
+                .await?;
             settled(out, &answer, "acked")
         }
         Command::Nack(args) => {
             let body = NackBody {
-                tokens: args.tokens,
+                tokens: args.leases.tokens,
                 delay_ms: args.delay.map(|d| d.as_millis() as u64),
                 error: args.error,
             };
-            let answer = client.nack(&args.subscription, &body).await?;
+            let answer = client.nack(&args.leases.subscription, &body).await?;
             settled(out, &answer, "nacked")
         }
         Command::Extend(args) => {
             let answer = client
-                .extend(&args.subscription, &args.tokens, args.by)
+                .extend(&args.leases.subscription, &args.leases.tokens, args.by)
                 .await?;
             settled(out, &answer, "extended")
         }
