@@ -31,10 +31,11 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Clone, Args)]
 pub(crate) struct Global {
-    /// Broker URL.
-    #[arg(long, global = true, env = "COURIER_URL", default_value = courier_client::DEFAULT_URL)]
-    pub server: String,
-    /// Print JSON for scripts: one document, or one per line for streams (publish --file, tail).
+    /// Broker URL (client commands).
+    #[arg(long, visible_alias = "server", global = true, env = "COURIER_URL", default_value = courier_client::DEFAULT_URL)]
+    pub url: String,
+    /// Print JSON for scripts: one document, or one per line for streams (publish --file,
+    /// tail); errors too, as one object on stderr: {"error":{"code","message","exit_code"}}.
     #[arg(long, global = true)]
     pub json: bool,
 }
@@ -81,12 +82,19 @@ pub(crate) struct ServeArgs {
     /// Data directory [default: ./data; env COURIER_DATA_DIR].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Log format [default: pretty; env COURIER_LOG_FORMAT].
+    /// Log format: pretty or json [default: pretty; env COURIER_LOG_FORMAT].
     #[arg(long, value_parser = parse_log_format)]
     pub log_format: Option<LogFormat>,
     /// Log filter, e.g. `debug` or `info,courier_server=debug` [default: info; env COURIER_LOG_LEVEL].
     #[arg(long)]
     pub log_level: Option<String>,
+    // The client commands' global `--url` and `--json` do not apply here: these
+    // hidden twins keep them out of `serve --help` (clap does not propagate a
+    // global flag to a command that has its own of the same name).
+    #[arg(long, hide = true)]
+    pub url: Option<String>,
+    #[arg(long, hide = true)]
+    pub json: bool,
 }
 
 fn parse_log_format(s: &str) -> Result<LogFormat, String> {
@@ -97,26 +105,32 @@ fn parse_log_format(s: &str) -> Result<LogFormat, String> {
 pub(crate) enum TopicCommand {
     /// Create a topic (succeeds if an identical one exists).
     Create {
+        /// Topic name.
         name: String,
-        /// How long message ids are remembered for deduplication [default: 2m].
-        #[arg(long, value_parser = parse_duration)]
+        /// How long message ids are remembered for deduplication, with a unit (e.g. 2m, 90s)
+        /// [default: 2m].
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         dedup_window: Option<Duration>,
-        /// Drop messages older than this (e.g. 7d, 12h).
-        #[arg(long, value_parser = parse_duration)]
+        /// Drop messages older than this, with a unit (e.g. 7d, 12h).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         max_age: Option<Duration>,
-        /// Keep at most this many bytes.
-        #[arg(long)]
+        /// Keep at most this many bytes of messages.
+        #[arg(long, value_name = "BYTES")]
         max_bytes: Option<u64>,
         /// Keep at most this many messages.
-        #[arg(long)]
+        #[arg(long, value_name = "COUNT")]
         max_messages: Option<u64>,
     },
     /// List topics.
     List,
     /// Show one topic.
-    Show { name: String },
+    Show {
+        /// Topic name.
+        name: String,
+    },
     /// Delete a topic and its messages (refused while subscriptions use it).
     Delete {
+        /// Topic name.
         name: String,
         /// Also delete the subscriptions that read it.
         #[arg(long)]
@@ -131,11 +145,17 @@ pub(crate) enum SubscriptionCommand {
     /// List subscriptions.
     List,
     /// Show one subscription and its counters.
-    Show { name: String },
+    Show {
+        /// Subscription name.
+        name: String,
+    },
     /// Change a live subscription's settings, keeping its position, leases and counters.
     Update(SubscriptionUpdateArgs),
     /// Delete a subscription.
-    Delete { name: String },
+    Delete {
+        /// Subscription name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -146,18 +166,20 @@ pub(crate) enum SubscriptionCommand {
         .args(["ack_deadline", "max_in_flight", "max_in_flight_per_consumer", "max_attempts", "dead_letter_topic"]),
 ))]
 pub(crate) struct SubscriptionUpdateArgs {
+    /// Subscription name.
     pub name: String,
-    /// How long a pulled message stays leased, from the next lease on.
-    #[arg(long, value_parser = parse_duration)]
+    /// How long a pulled message stays leased, from the next lease on, with a unit
+    /// (e.g. 30s, 500ms).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub ack_deadline: Option<Duration>,
-    /// Leased messages at once in the subscription.
-    #[arg(long)]
+    /// Leased messages at once in the subscription (a count).
+    #[arg(long, value_name = "COUNT")]
     pub max_in_flight: Option<u32>,
-    /// Leased messages at once per consumer.
-    #[arg(long)]
+    /// Leased messages at once per consumer (a count).
+    #[arg(long, value_name = "COUNT")]
     pub max_in_flight_per_consumer: Option<u32>,
     /// Attempts before dead-lettering; 0 = never (the rest of the retry policy stays).
-    #[arg(long)]
+    #[arg(long, value_name = "COUNT")]
     pub max_attempts: Option<u32>,
     /// Dead-letter topic, for messages that run out of attempts from now on.
     #[arg(long)]
@@ -166,6 +188,7 @@ pub(crate) struct SubscriptionUpdateArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct SubscriptionCreate {
+    /// Subscription name.
     pub name: String,
     /// Topic to read.
     #[arg(long)]
@@ -173,25 +196,25 @@ pub(crate) struct SubscriptionCreate {
     /// Where to start: new, earliest, seq:N or time:MILLIS [default: new].
     #[arg(long, value_parser = parse_start)]
     pub start: Option<StartPosition>,
-    /// How long a pulled message stays leased [default: 30s].
-    #[arg(long, value_parser = parse_duration)]
+    /// How long a pulled message stays leased, with a unit (e.g. 30s, 500ms) [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub ack_deadline: Option<Duration>,
-    /// Leased messages at once in the subscription [default: 10000].
-    #[arg(long)]
+    /// Leased messages at once in the subscription, a count [default: 10000].
+    #[arg(long, value_name = "COUNT")]
     pub max_in_flight: Option<u32>,
-    /// Leased messages at once per consumer [default: 1000].
-    #[arg(long)]
+    /// Leased messages at once per consumer, a count [default: 1000].
+    #[arg(long, value_name = "COUNT")]
     pub max_in_flight_per_consumer: Option<u32>,
     /// Attempts before dead-lettering; 0 = never [default: 5].
-    #[arg(long)]
+    #[arg(long, value_name = "COUNT")]
     pub max_attempts: Option<u32>,
-    /// First retry backoff [default: 100ms].
-    #[arg(long, value_parser = parse_duration)]
+    /// First retry backoff, with a unit (e.g. 100ms, 1s) [default: 100ms].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub initial_backoff: Option<Duration>,
-    /// Longest retry backoff [default: 60s].
-    #[arg(long, value_parser = parse_duration)]
+    /// Longest retry backoff, with a unit (e.g. 60s, 5m) [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub max_backoff: Option<Duration>,
-    /// Backoff growth per attempt [default: 2].
+    /// Backoff growth per attempt, a factor [default: 2].
     #[arg(long)]
     pub backoff_multiplier: Option<f64>,
     /// Fraction of the backoff randomised away, 0 to 1 [default: 0.2].
@@ -207,6 +230,7 @@ pub(crate) struct SubscriptionCreate {
 
 #[derive(Debug, Args)]
 pub(crate) struct PublishArgs {
+    /// Topic to publish to.
     pub topic: String,
     /// The message body; read from stdin when neither BODY nor --file is given.
     #[arg(conflicts_with = "file")]
@@ -220,8 +244,8 @@ pub(crate) struct PublishArgs {
     /// Message header, repeatable: --header trace=abc.
     #[arg(long = "header", short = 'H', value_parser = parse_header)]
     pub headers: Vec<(String, String)>,
-    /// Deliver no earlier than this from now (e.g. 500ms, 10s).
-    #[arg(long, value_parser = parse_duration)]
+    /// Deliver no earlier than this from now, with a unit (e.g. 500ms, 10s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub delay: Option<Duration>,
     /// Message id for deduplication (with --file: used as a prefix, `<id>-<line>`).
     #[arg(long)]
@@ -233,13 +257,14 @@ pub(crate) struct PublishArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct PullArgs {
+    /// Subscription to pull from.
     pub subscription: String,
     /// At most this many messages.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, value_name = "COUNT", default_value_t = 10)]
     pub max: u32,
-    /// Wait for the first message, up to this long [default without the flag: don't
-    /// wait; `--wait` alone: 30s].
-    #[arg(long, num_args = 0..=1, default_missing_value = "30s", value_parser = parse_duration)]
+    /// Wait for the first message, up to this long, with a unit (e.g. 2s, 500ms) [default
+    /// without the flag: don't wait; `--wait` alone: 30s].
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "30s", value_parser = parse_duration)]
     pub wait: Option<Duration>,
     /// Acknowledge what was printed.
     #[arg(long)]
@@ -251,6 +276,7 @@ pub(crate) struct PullArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct TailArgs {
+    /// Subscription to follow.
     pub subscription: String,
     /// Acknowledge each message once printed.
     #[arg(long, overrides_with = "no_ack")]
@@ -259,15 +285,17 @@ pub(crate) struct TailArgs {
     #[arg(long, overrides_with = "ack")]
     pub no_ack: bool,
     /// Stop after this many messages.
-    #[arg(long)]
+    #[arg(long, value_name = "COUNT")]
     pub count: Option<u64>,
     /// Consumer name.
     #[arg(long)]
     pub consumer: Option<String>,
 }
 
+/// The positionals of ack, nack and extend: whose leases, and which.
 #[derive(Debug, Args)]
-pub(crate) struct AckArgs {
+pub(crate) struct Leases {
+    /// Subscription the messages were pulled from.
     pub subscription: String,
     /// Lease tokens, as `pull` printed them (e.g. 5-17).
     #[arg(required = true, value_parser = parse_token)]
@@ -275,13 +303,18 @@ pub(crate) struct AckArgs {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct AckArgs {
+    #[command(flatten)]
+    pub leases: Leases,
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct NackArgs {
-    pub subscription: String,
-    /// Lease tokens, as `pull` printed them (e.g. 5-17).
-    #[arg(required = true, value_parser = parse_token)]
-    pub tokens: Vec<LeaseToken>,
-    /// Redeliver after this delay instead of the subscription's backoff.
-    #[arg(long, value_parser = parse_duration)]
+    #[command(flatten)]
+    pub leases: Leases,
+    /// Redeliver after this delay instead of the subscription's backoff, with a unit
+    /// (e.g. 5s, 500ms; 0 for now).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub delay: Option<Duration>,
     /// Why processing failed (kept on the dead letter).
     #[arg(long)]
@@ -290,12 +323,11 @@ pub(crate) struct NackArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct ExtendArgs {
-    pub subscription: String,
-    /// Lease tokens, as `pull` printed them (e.g. 5-17). They stay valid.
-    #[arg(required = true, value_parser = parse_token)]
-    pub tokens: Vec<LeaseToken>,
-    /// The new lease deadline is now + this (e.g. 30s, 5m).
-    #[arg(long, value_parser = parse_duration)]
+    #[command(flatten)]
+    pub leases: Leases,
+    /// The new lease deadline is now + this, with a unit (e.g. 30s, 5m); the tokens
+    /// stay valid.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub by: Duration,
 }
 
@@ -303,20 +335,24 @@ pub(crate) struct ExtendArgs {
 pub(crate) enum DlqCommand {
     /// List dead letters of a subscription, oldest first.
     List {
+        /// Subscription whose dead letters to list.
         subscription: String,
-        #[arg(long, default_value_t = 100)]
+        /// At most this many dead letters.
+        #[arg(long, value_name = "COUNT", default_value_t = 100)]
         max: usize,
     },
     /// Put dead letters back into the subscription.
     Replay {
+        /// Subscription whose dead letters to replay.
         subscription: String,
-        /// Only up to this dead-letter sequence (inclusive).
-        #[arg(long)]
+        /// Only up to this dead-letter sequence number (inclusive).
+        #[arg(long, value_name = "SEQ")]
         up_to: Option<u64>,
     },
 }
 
-/// `250` (milliseconds), `250ms`, `5s`, `2m`, `1h`, `7d`.
+/// A number with a unit: `250ms`, `5s`, `2m`, `1h`, `7d`; `0` alone is zero.
+/// A bare number is refused: `2` could mean 2 s or 2 ms.
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -325,7 +361,9 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("'{s}' is not a duration (e.g. 500ms, 5s, 2m)"))?;
     let ms = match unit {
-        "" | "ms" => Some(n),
+        "" if n == 0 => Some(0),
+        "" => return Err(format!("give a unit: {n}s or {n}ms")),
+        "ms" => Some(n),
         "s" => n.checked_mul(1000),
         "m" => n.checked_mul(60_000),
         "h" => n.checked_mul(3_600_000),
@@ -365,9 +403,48 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    /// Every positional argument of every command says what it is.
+    #[test]
+    fn positionals_are_described() {
+        fn walk(cmd: &clap::Command, path: &str) {
+            for arg in cmd.get_positionals() {
+                assert!(
+                    arg.get_help().is_some(),
+                    "{path} <{}> has no description",
+                    arg.get_id()
+                );
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()));
+            }
+        }
+        walk(&Cli::command(), "courier");
+    }
+
+    /// Flags that take a duration name it, so --help shows `<DURATION>` next to
+    /// the units it takes.
+    #[test]
+    fn duration_flags_say_so() {
+        fn walk(cmd: &clap::Command) {
+            for arg in cmd.get_opts() {
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                let names = arg.get_value_names().unwrap_or_default();
+                if names.iter().any(|n| n == "DURATION") {
+                    assert!(help.contains("unit"), "--{} help: {help}", arg.get_id());
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub);
+            }
+        }
+        walk(&Cli::command());
+    }
+
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("250"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("2"), Err("give a unit: 2s or 2ms".into()));
         assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("5 parsecs").is_err());

@@ -22,33 +22,57 @@ const FILE_BATCH: usize = 500;
 const TAIL_WAIT: Duration = Duration::from_secs(30);
 
 pub(crate) async fn run(global: Global, command: Command) -> Result<(), Failure> {
-    let client = Client::new(&global.server)?;
+    let client = Client::new(&global.url)?;
     let out = Output::new(global.json);
+    run_with(&client, &out, command).await.map_err(|f| {
+        if f.kind == "unreachable" {
+            // Say where we knocked, and how to knock elsewhere.
+            let why = f
+                .message
+                .strip_prefix("cannot reach the broker: ")
+                .unwrap_or(&f.message)
+                .to_owned();
+            Failure {
+                message: format!(
+                    "cannot reach the broker at {}: {why} (set --url or COURIER_URL to use another)",
+                    global.url
+                ),
+                ..f
+            }
+        } else {
+            f
+        }
+    })
+}
+
+async fn run_with(client: &Client, out: &Output, command: Command) -> Result<(), Failure> {
     match command {
         Command::Serve(_) => unreachable!("handled in main"),
-        Command::Topic(c) => topic(&client, &out, c).await,
-        Command::Subscription(c) => subscription(&client, &out, c).await,
-        Command::Publish(args) => publish(&client, &out, args).await,
-        Command::Pull(args) => pull(&client, &out, args).await,
-        Command::Tail(args) => tail(&client, &out, args).await,
+        Command::Topic(c) => topic(client, out, c).await,
+        Command::Subscription(c) => subscription(client, out, c).await,
+        Command::Publish(args) => publish(client, out, args).await,
+        Command::Pull(args) => pull(client, out, args).await,
+        Command::Tail(args) => tail(client, out, args).await,
         Command::Ack(args) => {
-            let answer = client.ack(&args.subscription, &args.tokens).await?;
-            settled(&out, &answer, "acked")
+            let answer = client
+                .ack(&args.leases.subscription, &args.leases.tokens)
+                .await?;
+            settled(out, &answer, "acked")
         }
         Command::Nack(args) => {
             let body = NackBody {
-                tokens: args.tokens,
+                tokens: args.leases.tokens,
                 delay_ms: args.delay.map(|d| d.as_millis() as u64),
                 error: args.error,
             };
-            let answer = client.nack(&args.subscription, &body).await?;
-            settled(&out, &answer, "nacked")
+            let answer = client.nack(&args.leases.subscription, &body).await?;
+            settled(out, &answer, "nacked")
         }
         Command::Extend(args) => {
             let answer = client
-                .extend(&args.subscription, &args.tokens, args.by)
+                .extend(&args.leases.subscription, &args.leases.tokens, args.by)
                 .await?;
-            settled(&out, &answer, "extended")
+            settled(out, &answer, "extended")
         }
         Command::Dlq(DlqCommand::List { subscription, max }) => {
             out.messages(&client.dead_letters(&subscription, max).await?);
@@ -81,10 +105,10 @@ pub(crate) async fn run(global: Global, command: Command) -> Result<(), Failure>
 fn settled(out: &Output, answer: &SettleResponse, verb: &str) -> Result<(), Failure> {
     out.results(&answer.results);
     match nothing_took_effect(answer) {
-        Some(why) => Err(Failure::new(
-            exit::FAILED,
-            format!("nothing was {verb}: {why}"),
-        )),
+        Some(why) => Err(
+            Failure::new(exit::FAILED, format!("nothing was {verb}: {why}"))
+                .with_kind("nothing_took_effect"),
+        ),
         None => Ok(()),
     }
 }
@@ -148,7 +172,10 @@ async fn topic(client: &Client, out: &Output, command: TopicCommand) -> Result<(
             } else {
                 client.delete_topic(&name).await?;
             }
-            out.done(&format!("deleted topic {name}"));
+            out.value(
+                &serde_json::json!({ "deleted": "topic", "name": name }),
+                &format!("deleted topic {name}"),
+            );
         }
     }
     Ok(())
@@ -179,7 +206,10 @@ async fn subscription(
         }
         SubscriptionCommand::Delete { name } => {
             client.delete_subscription(&name).await?;
-            out.done(&format!("deleted subscription {name}"));
+            out.value(
+                &serde_json::json!({ "deleted": "subscription", "name": name }),
+                &format!("deleted subscription {name}"),
+            );
         }
     }
     Ok(())
@@ -319,10 +349,10 @@ async fn pull(client: &Client, out: &Output, a: PullArgs) -> Result<(), Failure>
         let answer = client.ack(&a.subscription, &tokens).await?;
         warn_unsettled(&answer);
         if let Some(why) = nothing_took_effect(&answer) {
-            return Err(Failure::new(
-                exit::FAILED,
-                format!("nothing was acked: {why}"),
-            ));
+            return Err(
+                Failure::new(exit::FAILED, format!("nothing was acked: {why}"))
+                    .with_kind("nothing_took_effect"),
+            );
         }
     }
     Ok(())

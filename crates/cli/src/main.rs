@@ -7,6 +7,11 @@
 //! 5 broker unreachable, timed out, shutting down or rate limiting this client
 //! (retry later). `ack`, `nack` and `extend` exit 1 when none of their
 //! tokens took effect.
+//!
+//! With `--json`, an error is one JSON object on stderr:
+//! `{"error":{"code":"topic_not_found","message":"…","exit_code":3}}`; `code` is
+//! the broker's problem code when the broker answered, else one of `usage`,
+//! `unreachable`, `protocol`, `failed`, `nothing_took_effect`.
 
 mod args;
 mod commands;
@@ -16,7 +21,7 @@ mod serve;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 use crate::args::{Cli, Command};
 
@@ -33,14 +38,26 @@ pub(crate) mod exit {
 /// A failure on its way to stderr and an exit code.
 #[derive(Debug)]
 pub(crate) struct Failure {
+    /// The exit code.
     pub code: u8,
+    /// Machine-readable kind, for `--json`: the broker's problem code, or one of
+    /// the CLI's own (`usage`, `unreachable`, `protocol`, `failed`, …).
+    pub kind: String,
     pub message: String,
 }
 
 impl Failure {
     pub fn new(code: u8, message: impl Into<String>) -> Self {
+        let kind = match code {
+            exit::USAGE => "usage",
+            exit::NOT_FOUND => "not_found",
+            exit::CONFLICT => "conflict",
+            exit::UNAVAILABLE => "unavailable",
+            _ => "failed",
+        };
         Self {
             code,
+            kind: kind.into(),
             message: message.into(),
         }
     }
@@ -48,11 +65,34 @@ impl Failure {
     pub fn usage(message: impl Into<String>) -> Self {
         Self::new(exit::USAGE, message)
     }
+
+    pub fn with_kind(mut self, kind: impl Into<String>) -> Self {
+        self.kind = kind.into();
+        self
+    }
+
+    /// Prints the failure on stderr: `error: …`, or one JSON object.
+    fn print(&self, json: bool) {
+        if json {
+            let doc = serde_json::json!({
+                "error": { "code": self.kind, "message": self.message, "exit_code": self.code }
+            });
+            eprintln!("{doc}");
+        } else {
+            eprintln!("error: {}", self.message);
+        }
+    }
 }
 
 impl From<courier_client::Error> for Failure {
     fn from(e: courier_client::Error) -> Self {
         use courier_client::Error as E;
+        let kind = match &e {
+            E::Api { problem } | E::RateLimited { problem, .. } => problem.code.clone(),
+            E::Transport(_) => "unreachable".into(),
+            E::InvalidRequest(_) => "usage".into(),
+            E::Protocol(_) => "protocol".into(),
+        };
         let code = match &e {
             E::Api { problem } => match problem.status {
                 404 => exit::NOT_FOUND,
@@ -65,7 +105,7 @@ impl From<courier_client::Error> for Failure {
             E::InvalidRequest(_) => exit::USAGE,
             E::Protocol(_) => exit::FAILED,
         };
-        Failure::new(code, e.to_string())
+        Failure::new(code, e.to_string()).with_kind(kind)
     }
 }
 
@@ -76,7 +116,29 @@ impl From<courier_client::Error> for Failure {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // `--json` is known before parsing so that usage errors honour it too.
+    let json = std::env::args_os().skip(1).any(|a| a == "--json");
+    let cli = match Cli::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m))
+    {
+        Ok(cli) => cli,
+        Err(e) if json && e.use_stderr() => {
+            // The message up to clap's usage hint, on one line.
+            let rendered = e.render().to_string();
+            let message: Vec<&str> = rendered
+                .lines()
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more"))
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            let message = message.join(" ");
+            Failure::usage(message.trim_start_matches("error: ")).print(true);
+            return ExitCode::from(exit::USAGE);
+        }
+        Err(e) => e.exit(),
+    };
+    let json = cli.global.json;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -96,7 +158,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::from(exit::OK),
         Err(failure) => {
-            eprintln!("error: {}", failure.message);
+            failure.print(json);
             ExitCode::from(failure.code)
         }
     }

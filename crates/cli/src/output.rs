@@ -41,11 +41,7 @@ impl Output {
         if self.json {
             return self.print_json(t);
         }
-        match created {
-            Some(true) => println!("created topic {}", t.name),
-            Some(false) => println!("topic {} already exists (identical)", t.name),
-            None => {}
-        }
+        created_line("topic", &t.name, created);
         println!("name:          {}", t.name);
         println!("messages:      {}", t.messages);
         println!("bytes:         {}", t.bytes);
@@ -82,11 +78,7 @@ impl Output {
         if self.json {
             return self.print_json(s);
         }
-        match created {
-            Some(true) => println!("created subscription {}", s.name),
-            Some(false) => println!("subscription {} already exists (identical)", s.name),
-            None => {}
-        }
+        created_line("subscription", &s.name, created);
         let c = &s.config;
         println!("name:          {}", s.name);
         println!("topic:         {}", c.topic);
@@ -245,6 +237,15 @@ impl Output {
         println!("delivered total: {}", s.delivered_total);
         println!("acked total:     {}", s.acked_total);
         println!("dead-lettered:   {}", s.dead_lettered_total);
+    }
+}
+
+/// What a create did: `created topic t`, or that an identical one was there.
+fn created_line(kind: &str, name: &str, created: Option<bool>) {
+    match created {
+        Some(true) => println!("created {kind} {name}"),
+        Some(false) => println!("{kind} {name} already exists (identical)"),
+        None => {}
     }
 }
 

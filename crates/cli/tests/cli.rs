@@ -193,10 +193,152 @@ fn usage_errors_exit_2() {
 }
 
 #[test]
-fn unreachable_broker_exits_5() {
+fn unreachable_broker_exits_5_and_names_the_url() {
     // Port 1 on loopback: nothing listens there.
     let out = courier("http://127.0.0.1:1", &["stats"]);
     assert_eq!(out.status.code(), Some(5));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("error: cannot reach the broker at http://127.0.0.1:1"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("--url") && stderr.contains("COURIER_URL"),
+        "{stderr}"
+    );
+}
+
+/// `--json` errors are one object on stderr: `{"error":{"code","message","exit_code"}}`.
+fn json_error(out: &Output) -> serde_json::Value {
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    let doc: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    let error = &doc["error"];
+    assert!(error["code"].is_string(), "{doc}");
+    assert!(error["message"].is_string(), "{doc}");
+    assert_eq!(
+        error["exit_code"].as_i64(),
+        out.status.code().map(i64::from),
+        "{doc}"
+    );
+    error.clone()
+}
+
+#[test]
+fn json_errors_are_one_object_on_stderr() {
+    let unreachable = json_error(&courier("http://127.0.0.1:1", &["--json", "stats"]));
+    assert_eq!(unreachable["code"], "unreachable");
+    assert!(unreachable["message"]
+        .as_str()
+        .unwrap()
+        .contains("http://127.0.0.1:1"));
+    // Usage errors too, wherever --json stands.
+    for args in [
+        vec!["--json", "pull"],
+        vec!["pull", "work", "--wait", "2", "--json"],
+        vec!["--json", "bogus"],
+    ] {
+        let error = json_error(&courier("http://127.0.0.1:1", &args));
+        assert_eq!(error["code"], "usage", "{args:?}");
+        assert_eq!(error["exit_code"], 2, "{args:?}");
+    }
+}
+
+#[test]
+fn bare_number_durations_are_refused() {
+    for args in [
+        vec!["pull", "work", "--wait", "2"],
+        vec!["publish", "t", "x", "--delay", "500"],
+        vec!["extend", "work", "1-1", "--by", "30"],
+        vec![
+            "sub",
+            "create",
+            "s",
+            "--topic",
+            "t",
+            "--ack-deadline",
+            "60000",
+        ],
+    ] {
+        let out = courier("http://127.0.0.1:1", &args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("give a unit: "), "{args:?}: {stderr}");
+    }
+    let stderr = String::from_utf8_lossy(
+        &courier("http://127.0.0.1:1", &["pull", "work", "--wait", "2"]).stderr,
+    )
+    .into_owned();
+    assert!(stderr.contains("give a unit: 2s or 2ms"), "{stderr}");
+    // With a unit (or a plain 0) the flag parses; only the broker is missing.
+    for args in [
+        vec!["pull", "work", "--wait", "2s"],
+        vec!["pull", "work", "--wait", "500ms"],
+        vec!["nack", "work", "1-1", "--delay", "0"],
+    ] {
+        let out = courier("http://127.0.0.1:1", &args);
+        assert_eq!(out.status.code(), Some(5), "{args:?}");
+    }
+}
+
+/// The help of every command that takes positional arguments describes each of them,
+/// and durations show their units.
+#[test]
+fn help_describes_positionals_and_units() {
+    for args in [
+        vec!["topic", "create"],
+        vec!["topic", "show"],
+        vec!["topic", "delete"],
+        vec!["sub", "create"],
+        vec!["sub", "show"],
+        vec!["sub", "update"],
+        vec!["sub", "delete"],
+        vec!["publish"],
+        vec!["pull"],
+        vec!["tail"],
+        vec!["ack"],
+        vec!["nack"],
+        vec!["extend"],
+        vec!["dlq", "list"],
+        vec!["dlq", "replay"],
+    ] {
+        let mut help_args = args.clone();
+        help_args.push("--help");
+        let text = ok(&courier("http://127.0.0.1:1", &help_args));
+        let section: Vec<&str> = text
+            .lines()
+            .skip_while(|l| *l != "Arguments:")
+            .skip(1)
+            .take_while(|l| !l.is_empty())
+            .collect();
+        assert!(!section.is_empty(), "{args:?} lists no arguments:\n{text}");
+        for line in section
+            .iter()
+            .filter(|l| l.trim_start().starts_with(['<', '[']))
+        {
+            let described = line
+                .split_once(['>', ']'])
+                .map(|(_, rest)| rest.trim_start_matches(['.', ']', '>']).trim());
+            assert!(
+                described.is_some_and(|d| !d.is_empty()),
+                "{args:?}: undescribed argument {line:?}"
+            );
+        }
+    }
+    let pull = ok(&courier("http://127.0.0.1:1", &["pull", "--help"]));
+    assert!(pull.contains("--wait [<DURATION>]"), "{pull}");
+    assert!(pull.contains("with a unit"), "{pull}");
+    // serve takes no client flags.
+    let serve = ok(&courier("http://127.0.0.1:1", &["serve", "--help"]));
+    assert!(!serve.contains("--url"), "{serve}");
+    assert!(!serve.contains("--json"), "{serve}");
+    assert!(serve.contains("--listen"), "{serve}");
 }
 
 #[test]
@@ -237,6 +379,12 @@ fn client_commands() {
     assert_eq!(
         courier(&url, &["topic", "show", "nope"]).status.code(),
         Some(3)
+    );
+    let error = json_error(&courier(&url, &["--json", "topic", "show", "nope"]));
+    assert_eq!(error["exit_code"], 3);
+    assert!(
+        error["code"].as_str().unwrap().contains("not_found"),
+        "{error}"
     );
     assert_eq!(
         courier(&url, &["topic", "create", "a b"]).status.code(),
@@ -457,8 +605,16 @@ fn client_commands() {
         courier(&url, &["topic", "delete", "orders"]).status.code(),
         Some(4)
     );
-    // --force takes the subscription along.
-    ok(&courier(&url, &["topic", "delete", "orders", "--force"]));
+    // --force takes the subscription along; --json says what went.
+    let deleted: serde_json::Value = serde_json::from_str(&ok(&courier(
+        &url,
+        &["--json", "topic", "delete", "orders", "--force"],
+    )))
+    .unwrap();
+    assert_eq!(
+        deleted,
+        serde_json::json!({ "deleted": "topic", "name": "orders" })
+    );
     assert_eq!(
         courier(&url, &["ack", "work", "1-1"]).status.code(),
         Some(3)

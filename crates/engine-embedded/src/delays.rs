@@ -62,6 +62,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use courier_core::{Error, Millis, Result, Seq};
+
+use crate::fsutil::{sync_dir, write_and_rename};
 use parking_lot::{Mutex, RwLock};
 
 /// A delay index entry: when the message comes due, and the message.
@@ -430,15 +432,13 @@ impl DelayIndex {
 
     fn write_manifest(&self, manifest: &Manifest) -> Result<(), ManifestError> {
         let tmp = self.dir.join(MANIFEST_TMP);
-        let write = || -> io::Result<()> {
-            let mut file = File::create(&tmp)?;
-            file.write_all(&manifest.encode())?;
-            if self.fsync {
-                file.sync_data()?;
-            }
-            fs::rename(&tmp, self.dir.join(MANIFEST))
-        };
-        write().map_err(|e| ManifestError::NotRenamed(e.into()))?;
+        write_and_rename(
+            &tmp,
+            &self.dir.join(MANIFEST),
+            &manifest.encode(),
+            self.fsync,
+        )
+        .map_err(|e| ManifestError::NotRenamed(e.into()))?;
         if self.fsync {
             sync_dir(&self.dir).map_err(|e| ManifestError::NotSynced(e.into()))?;
         }
@@ -643,10 +643,6 @@ fn decode(bytes: &[u8]) -> Entry {
 
 fn run_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:016x}.{RUN_EXT}"))
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// Deletes what a crash may have left: runs the manifest does not name and a

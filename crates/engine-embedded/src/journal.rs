@@ -22,6 +22,7 @@ use std::sync::{mpsc, Arc};
 use courier_core::{Error, Result};
 use tokio::sync::oneshot;
 
+use crate::fsutil::sync_dir;
 use crate::log::{frame, replier};
 
 /// A group stops taking entries beyond this many bytes, bounding one commit's latency.
@@ -62,10 +63,6 @@ fn list(dir: &Path) -> Result<Vec<u64>> {
     }
     numbers.sort_unstable();
     Ok(numbers)
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 impl Journal {

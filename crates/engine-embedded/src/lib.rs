@@ -13,6 +13,7 @@
 /// Per-topic durable index of delayed messages by delivery time.
 pub mod delays;
 mod engine;
+mod fsutil;
 pub mod journal;
 pub mod log;
 mod meta;

@@ -9,8 +9,7 @@
 //! the log written since.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::state::Snapshot;
@@ -149,11 +148,6 @@ fn remove_if_present(path: &Path) -> Result<()> {
 /// Replaces `dir/name` with `bytes` so that a crash leaves either the old or
 /// the new content, never a mix.
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut file = File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_data()?;
-    fs::rename(&tmp, dir.join(name))?;
-    File::open(dir)?.sync_all()?;
+    crate::fsutil::replace_file(dir, name, &format!(".{name}.tmp"), bytes, true)?;
     Ok(())
 }

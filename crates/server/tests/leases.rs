@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use courier_client::wire::{NackBody, PublishMessage, PullBody, SettleResponse};
 use courier_client::Publish;
@@ -30,10 +30,7 @@ fn outcomes(answer: &SettleResponse) -> Vec<Outcome> {
 }
 
 fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
+    courier_core::clock::wall_now()
 }
 
 async fn post(server: &TestServer, path: &str, body: Value) -> (StatusCode, Value) {

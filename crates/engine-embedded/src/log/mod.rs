@@ -44,7 +44,7 @@ mod writer;
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
@@ -299,7 +299,7 @@ impl TopicLog {
         if bases.is_empty() {
             let base = persisted_first.unwrap_or(1).max(1);
             File::create(log_path(dir, base))?;
-            segment::sync_dir(dir)?;
+            crate::fsutil::sync_dir(dir)?;
             bases.push(base);
         }
         let last = *bases.last().expect("at least one segment");
@@ -722,7 +722,7 @@ impl TopicLog {
                 }
             }
             if shared.opts.fsync {
-                segment::sync_dir(&shared.dir)?;
+                crate::fsutil::sync_dir(&shared.dir)?;
             }
         }
         Ok(self.first_seq())
@@ -861,16 +861,13 @@ fn read_seq_file(dir: &Path, name: &str) -> Option<Seq> {
 /// Replaces the file `name` with one holding `seq`: written to a temporary
 /// file, synced, renamed over it, and the directory synced (when `fsync`).
 fn write_seq_file(dir: &Path, name: &str, seq: Seq, fsync: bool) -> Result<()> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    let mut file = File::create(&tmp)?;
-    writeln!(file, "{seq}")?;
-    if fsync {
-        file.sync_data()?;
-    }
-    fs::rename(&tmp, dir.join(name))?;
-    if fsync {
-        segment::sync_dir(dir)?;
-    }
+    crate::fsutil::replace_file(
+        dir,
+        name,
+        &format!("{name}.tmp"),
+        format!("{seq}\n").as_bytes(),
+        fsync,
+    )?;
     Ok(())
 }
 

@@ -161,17 +161,8 @@ pub(crate) fn encode_index(positions: &[u32]) -> Vec<u8> {
 /// Writes a segment's index file, fsynced when `fsync`.
 pub(crate) fn write_index(dir: &Path, base: Seq, positions: &[u32], fsync: bool) -> Result<()> {
     let tmp = dir.join(format!("{base:020}.idx.tmp"));
-    let file = File::create(&tmp)?;
-    file.write_all_at(&encode_index(positions), 0)?;
-    if fsync {
-        file.sync_data()?;
-    }
-    fs::rename(&tmp, idx_path(dir, base))?;
+    crate::fsutil::write_and_rename(&tmp, &idx_path(dir, base), &encode_index(positions), fsync)?;
     Ok(())
-}
-
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// A sealed (not last) segment, opened for reading.

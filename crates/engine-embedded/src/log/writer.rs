@@ -336,7 +336,7 @@ impl Writer {
             .create_new(true)
             .open(&path)?;
         if fsync {
-            segment::sync_dir(&self.shared.dir)?;
+            crate::fsutil::sync_dir(&self.shared.dir)?;
         }
         let file = Arc::new(file);
         {
@@ -385,7 +385,7 @@ impl Writer {
             .create_new(true)
             .open(log_path(dir, base))?;
         if fsync {
-            segment::sync_dir(dir)?;
+            crate::fsutil::sync_dir(dir)?;
         }
         let file = Arc::new(file);
         {
@@ -407,7 +407,7 @@ impl Writer {
         self.durable_count = 0;
         fs::remove_file(log_path(dir, old))?;
         if fsync {
-            segment::sync_dir(dir)?;
+            crate::fsutil::sync_dir(dir)?;
         }
         Ok(())
     }
