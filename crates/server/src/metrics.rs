@@ -54,7 +54,9 @@ pub(crate) fn handle() -> &'static PrometheusHandle {
             .build_recorder();
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_err() {
-            tracing::warn!("a metrics recorder was installed already; /metrics shows only the engine snapshot");
+            tracing::warn!(
+                "a metrics recorder was installed already; /metrics shows only the engine snapshot"
+            );
         } else {
             describe();
         }
@@ -317,7 +319,10 @@ mod tests {
         let app = Router::new()
             .route("/v1/topics/{name}/messages", post(|| async { "ok" }))
             .layer(axum::middleware::from_fn(track));
-        for path in ["/v1/topics/label-probe-raw/messages", "/nowhere/label-probe-raw"] {
+        for path in [
+            "/v1/topics/label-probe-raw/messages",
+            "/nowhere/label-probe-raw",
+        ] {
             let request = Request::post(path).body(Body::empty()).unwrap();
             app.clone().oneshot(request).await.unwrap();
         }
@@ -329,7 +334,9 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains(r#"courier_http_requests_total{method="POST",route="unmatched",status="404"}"#),
+            text.contains(
+                r#"courier_http_requests_total{method="POST",route="unmatched",status="404"}"#
+            ),
             "{text}"
         );
         assert!(!text.contains("label-probe-raw"), "{text}");
@@ -349,6 +356,9 @@ mod tests {
             samples: vec![(vec![("l", "a\"b\\c\nd")], 1)],
         }
         .write(&mut out);
-        assert_eq!(out, "# HELP x h\n# TYPE x gauge\nx{l=\"a\\\"b\\\\c\\nd\"} 1\n");
+        assert_eq!(
+            out,
+            "# HELP x h\n# TYPE x gauge\nx{l=\"a\\\"b\\\\c\\nd\"} 1\n"
+        );
     }
 }

@@ -114,13 +114,21 @@ impl Page {
             }
             for (labels, buckets) in series {
                 let counts: Vec<f64> = buckets.iter().map(|b| b.1).collect();
-                assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{family}: {counts:?}");
+                assert!(
+                    counts.windows(2).all(|w| w[0] <= w[1]),
+                    "{family}: {counts:?}"
+                );
                 let inf = buckets.last().unwrap();
                 assert!(inf.0.is_infinite(), "{family} ends with +Inf");
-                let labels: Vec<(&str, &str)> =
-                    labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let labels: Vec<(&str, &str)> = labels
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
                 let count = self.sum(&format!("{family}_count"), &labels);
-                assert_eq!(inf.1, count, "{family}{labels:?}: +Inf bucket against _count");
+                assert_eq!(
+                    inf.1, count,
+                    "{family}{labels:?}: +Inf bucket against _count"
+                );
             }
         }
     }
@@ -150,7 +158,10 @@ impl Page {
             .filter(|s| s.name == format!("{name}_bucket"))
             .map(|s| s.labels["le"].as_str())
             .collect();
-        assert!(bounds.contains("0.0001") && bounds.contains("10"), "{bounds:?}");
+        assert!(
+            bounds.contains("0.0001") && bounds.contains("10"),
+            "{bounds:?}"
+        );
         self.sum(&format!("{name}_count"), labels)
     }
 }
@@ -174,7 +185,9 @@ fn parse_value(s: &str) -> f64 {
 
 /// `name{label="value",...} value [timestamp]`
 fn parse_sample(line: &str) -> Sample {
-    let end = line.find(['{', ' ']).unwrap_or_else(|| panic!("no value: {line}"));
+    let end = line
+        .find(['{', ' '])
+        .unwrap_or_else(|| panic!("no value: {line}"));
     let name = &line[..end];
     assert!(is_name(name), "bad name: {line}");
     let mut labels = BTreeMap::new();
@@ -233,7 +246,9 @@ fn parse_sample(line: &str) -> Sample {
 }
 
 async fn scrape(server: &TestServer) -> Page {
-    let response = reqwest::get(format!("{}/metrics", server.url)).await.unwrap();
+    let response = reqwest::get(format!("{}/metrics", server.url))
+        .await
+        .unwrap();
     assert_eq!(response.status(), reqwest::StatusCode::OK);
     assert_eq!(
         response.headers()["content-type"],
@@ -268,16 +283,15 @@ async fn counters_and_gauges_follow_the_messages() {
     let mut server = TestServer::start().await;
     let c = &server.client;
     let (topic, sub) = ("metrics-flow", "metrics-flow-sub");
-    c.create_topic(topic, &TopicConfig::default()).await.unwrap();
+    c.create_topic(topic, &TopicConfig::default())
+        .await
+        .unwrap();
     c.create_subscription(sub, &SubscriptionConfig::for_topic(topic))
         .await
         .unwrap();
 
     let before = scrape(&server).await;
-    let publish_route = [
-        ("route", "/v1/topics/{name}/messages"),
-        ("method", "POST"),
-    ];
+    let publish_route = [("route", "/v1/topics/{name}/messages"), ("method", "POST")];
 
     // Over h2c: every request goes through the router and its middleware.
     let h2 = reqwest::Client::builder()
@@ -325,7 +339,8 @@ async fn counters_and_gauges_follow_the_messages() {
     }
     assert_eq!(after.sum("courier_engine_up", &[]), 1.0);
 
-    let delta = |name: &str, labels: &[(&str, &str)]| after.sum(name, labels) - before.sum(name, labels);
+    let delta =
+        |name: &str, labels: &[(&str, &str)]| after.sum(name, labels) - before.sum(name, labels);
     let t = [("topic", topic)];
     let s = [("subscription", sub)];
     assert_eq!(delta("courier_messages_published_total", &t), 10.0);
@@ -333,10 +348,14 @@ async fn counters_and_gauges_follow_the_messages() {
     assert_eq!(delta("courier_messages_acked_total", &s), 10.0);
     assert_eq!(delta("courier_messages_dead_lettered_total", &s), 0.0);
     assert_eq!(after.sum("courier_subscription_backlog_messages", &s), 0.0);
-    assert_eq!(after.sum("courier_subscription_in_flight_messages", &s), 0.0);
+    assert_eq!(
+        after.sum("courier_subscription_in_flight_messages", &s),
+        0.0
+    );
     assert!(after.sum("courier_topic_log_bytes", &t) > 0.0);
     assert!(delta("courier_http_requests_total", &publish_route) >= 10.0);
-    let publish_latency = after.histogram_count("courier_http_request_duration_seconds", &publish_route)
+    let publish_latency = after
+        .histogram_count("courier_http_request_duration_seconds", &publish_route)
         - before.histogram_count("courier_http_request_duration_seconds", &publish_route);
     assert!(publish_latency >= 10.0, "{publish_latency}");
     // Labelled by template only: no series names the topic in its route.
@@ -349,7 +368,9 @@ async fn counters_and_gauges_follow_the_messages() {
     assert!(after.histogram_count("courier_fsync_duration_seconds", &[("file", "journal")]) > 0.0);
 
     // A nack that takes effect is counted; the message is back in the backlog.
-    c.publish(topic, "again", &Default::default()).await.unwrap();
+    c.publish(topic, "again", &Default::default())
+        .await
+        .unwrap();
     let got = eventually("the new message is delivered", || async {
         let got = c.pull(sub, &pull_body(1)).await.unwrap();
         (!got.is_empty()).then_some(got)
