@@ -20,6 +20,9 @@ use courier_core::{SubscriptionConfig, TopicConfig};
 
 use common::{eventually, TestServer};
 
+/// A series' labels but `le`, in order.
+type LabelPairs = Vec<(String, String)>;
+
 struct Sample {
     name: String,
     labels: BTreeMap<String, String>,
@@ -104,7 +107,7 @@ impl Page {
                 continue;
             }
             let bucket = format!("{family}_bucket");
-            let mut series: BTreeMap<Vec<(String, String)>, Vec<(f64, f64)>> = BTreeMap::new();
+            let mut series: BTreeMap<LabelPairs, Vec<(f64, f64)>> = BTreeMap::new();
             for s in self.samples.iter().filter(|s| s.name == bucket) {
                 let le = s.labels.get("le").expect("bucket has le");
                 let le = parse_value(le);
