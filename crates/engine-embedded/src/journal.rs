@@ -294,7 +294,7 @@ impl Writer {
         }
         let written = self.file.write_all_at(&self.buf, self.len).and_then(|()| {
             if self.fsync {
-                self.file.sync_data()
+                crate::timed_fsync("journal", || self.file.sync_data())
             } else {
                 Ok(())
             }

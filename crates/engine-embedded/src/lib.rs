@@ -101,3 +101,15 @@ impl EmbeddedConfig {
         Ok(())
     }
 }
+
+/// Runs an `fdatasync` and records how long it took in the
+/// `courier_fsync_duration_seconds` histogram, labelled with the `file` kind
+/// (`log` or `journal`). The `metrics` facade is a no-op unless the process
+/// installed a recorder, as the server does for `/metrics`.
+pub(crate) fn timed_fsync<T>(file: &'static str, sync: impl FnOnce() -> T) -> T {
+    let started = std::time::Instant::now();
+    let result = sync();
+    metrics::histogram!("courier_fsync_duration_seconds", "file" => file)
+        .record(started.elapsed().as_secs_f64());
+    result
+}

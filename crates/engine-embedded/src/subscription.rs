@@ -440,7 +440,12 @@ impl Subscription {
             }
             outcomes
         };
-        if outcomes.iter().any(|o| o.is_ok()) {
+        let nacked = outcomes.iter().filter(|o| o.is_ok()).count();
+        if nacked > 0 {
+            // The only settlement the state does not count; the facade is a
+            // no-op unless the process installed a recorder.
+            metrics::counter!("courier_messages_nacked_total", "subscription" => self.name.clone())
+                .increment(nacked as u64);
             self.exhausted.notify_one();
             self.notify.notify_waiters();
             self.sync().await?;

@@ -52,6 +52,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     declare(&config, engine.as_ref()).await?;
+    // Before serving: the engine's fsyncs are recorded from here on.
+    crate::metrics::handle();
 
     let state = AppState::new(engine.clone(), &config.server);
     let rate_limit = RateLimit::from_config(&config.server);

@@ -280,7 +280,7 @@ impl Writer {
             .write_all_at(&self.buf, self.durable_len)
             .and_then(|()| {
                 if self.shared.opts.fsync {
-                    self.file.sync_data()
+                    crate::timed_fsync("log", || self.file.sync_data())
                 } else {
                     Ok(())
                 }

@@ -235,9 +235,12 @@ pub(crate) fn edge(config: &ServerConfig, rate_limit: Option<Arc<RateLimit>>) ->
 pub(crate) fn app(state: AppState, config: &ServerConfig, edge: &EdgeLayer) -> App {
     let (router, _) = routes().split_for_parts();
     let router = router
+        .route("/metrics", axum::routing::get(crate::metrics::scrape))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, codes::NOT_FOUND, "no such route")
         })
+        // Inside the routing: it sees the matched route's template.
+        .layer(axum::middleware::from_fn(crate::metrics::track))
         .with_state(state)
         // Body extractors stop reading beyond the limit; the edge refuses
         // early what announces a larger Content-Length.
