@@ -9,6 +9,7 @@
 //!   `bounds`: the largest times and durations a request may carry.
 //! - `edge`: what every request passes first (request id, rate limit,
 //!   timeout, problem answers for bare errors, request log).
+//! - `origin`: browser safety (cross-origin state changes refused, CORS).
 //! - `rate_limit`: per-client request limits (429 `rate_limited`).
 //! - `server`: the connection loop and the shutdown sequence.
 
@@ -21,6 +22,7 @@ mod edge;
 pub mod error;
 mod extract;
 mod fast_publish;
+mod origin;
 mod rate_limit;
 mod server;
 mod telemetry;

@@ -30,6 +30,7 @@ use utoipa_axum::routes;
 use crate::config::ServerConfig;
 use crate::edge::{Edge, EdgeConfig, EdgeLayer};
 use crate::error::{codes, ApiError};
+use crate::origin::{self, OriginLayer};
 use crate::rate_limit::{self, RateLimit};
 
 /// What every handler can reach.
@@ -239,6 +240,9 @@ pub(crate) fn app(state: AppState, config: &ServerConfig, edge: &EdgeLayer) -> A
             ApiError::new(StatusCode::NOT_FOUND, codes::NOT_FOUND, "no such route")
         })
         .with_state(state)
+        // Inside the edge: refused origins get its request id and log line.
+        .layer(OriginLayer::new(&config.allowed_origins))
+        .layer(origin::cors(&config.allowed_origins))
         // Body extractors stop reading beyond the limit; the edge refuses
         // early what announces a larger Content-Length.
         .layer(DefaultBodyLimit::max(config.body_limit));
