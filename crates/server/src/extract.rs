@@ -78,12 +78,16 @@ pub fn parse_body<T: DeserializeOwned + BodySchema>(bytes: &[u8]) -> Result<T, A
     };
     let value: serde_json::Value = serde_json::from_slice(text).map_err(json_error)?;
     shape::check(&value, T::SCHEMA).map_err(|detail| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, codes::INVALID_FIELD, detail)
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            codes::INVALID_FIELD,
+            detail,
+        )
     })?;
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let message = inner.to_string();
+        let message = describe(&path, inner.to_string());
         let code = if message.starts_with("unknown field") {
             codes::UNKNOWN_FIELD
         } else {
@@ -96,6 +100,38 @@ pub fn parse_body<T: DeserializeOwned + BodySchema>(bytes: &[u8]) -> Result<T, A
         };
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
     })
+}
+
+/// Fields that hold durations in milliseconds.
+const MILLIS: &[&str] = &[
+    "ack_deadline",
+    "dedup_window",
+    "max_age",
+    "initial_backoff",
+    "max_backoff",
+    "by_ms",
+    "delay_ms",
+    "wait_ms",
+];
+
+/// serde's words for numbers, in the API's.
+fn describe(path: &str, message: String) -> String {
+    let field = path.rsplit('.').next().unwrap_or(path);
+    for rust in ["expected u64", "expected u32", "expected i64"] {
+        if let Some(start) = message.find(rust) {
+            let what = if MILLIS.contains(&field) {
+                "expected milliseconds as a number"
+            } else {
+                "expected a whole number"
+            };
+            return format!(
+                "{}{what}{}",
+                &message[..start],
+                &message[start + rust.len()..]
+            );
+        }
+    }
+    message
 }
 
 /// Objects where the OpenAPI document says object. The document is the one
@@ -148,12 +184,70 @@ mod shape {
         }
     }
 
+    fn at(path: &str) -> String {
+        if path.is_empty() {
+            "the body".to_owned()
+        } else {
+            path.to_owned()
+        }
+    }
+
+    fn article(json_type: &str) -> String {
+        match json_type {
+            "object" => "a JSON object".to_owned(),
+            "array" | "integer" => format!("an {json_type}"),
+            other => format!("a {other}"),
+        }
+    }
+
+    /// Whether `value` is of a type `schema` allows (true when it names none).
+    fn accepts(schema: &Value, value: &Value) -> bool {
+        let types = types(schema);
+        if types.is_empty() {
+            return true;
+        }
+        let fits = |t: &str| match value {
+            Value::Null => t == "null",
+            Value::Bool(_) => t == "boolean",
+            Value::Number(n) => t == "number" || (t == "integer" && !n.is_f64()),
+            Value::String(_) => t == "string",
+            Value::Array(_) => t == "array",
+            Value::Object(_) => t == "object",
+        };
+        types.into_iter().any(fits)
+    }
+
     fn walk(value: &Value, schema: &Value, path: &mut String) -> Result<(), String> {
         let schema = resolve(schema);
         for key in ["oneOf", "anyOf"] {
             if let Some(alternatives) = schema.get(key).and_then(Value::as_array) {
+                let alternatives: Vec<&Value> = alternatives.iter().map(resolve).collect();
+                let fitting: Vec<&Value> = alternatives
+                    .iter()
+                    .copied()
+                    .filter(|a| accepts(a, value))
+                    .collect();
+                if fitting.is_empty() {
+                    let mut expected: Vec<&str> = alternatives
+                        .iter()
+                        .flat_map(|a| types(a))
+                        .filter(|t| *t != "null")
+                        .collect();
+                    expected.dedup();
+                    // Only shapes are checked here; serde words other mismatches.
+                    if expected.contains(&"object") {
+                        let expected: Vec<String> = expected.iter().map(|t| article(t)).collect();
+                        return Err(format!(
+                            "{}: expected {}, got {}",
+                            at(path),
+                            expected.join(" or "),
+                            kind(value)
+                        ));
+                    }
+                    return Ok(());
+                }
                 let mut first = None;
-                for alternative in alternatives {
+                for alternative in fitting {
                     match walk(value, alternative, path) {
                         Ok(()) => return Ok(()),
                         Err(e) => {
@@ -177,13 +271,9 @@ mod shape {
                 if value.is_null() && types.contains(&"null") {
                     return Ok(());
                 }
-                let at = if path.is_empty() {
-                    "the body".to_owned()
-                } else {
-                    path.clone()
-                };
                 return Err(format!(
-                    "{at}: expected a JSON object, got {}",
+                    "{}: expected a JSON object, got {}",
+                    at(path),
                     kind(value)
                 ));
             };

@@ -191,7 +191,9 @@ pub fn is_valid_origin(origin: &str) -> bool {
         return false;
     };
     !scheme.is_empty()
-        && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
         && authority(&normalized).is_some()
         && HeaderValue::from_str(origin.trim()).is_ok()
 }
@@ -249,10 +251,21 @@ mod tests {
 
     #[test]
     fn configured_origins() {
-        for ok in ["https://app.example.com", "http://localhost:3000", "http://[::1]:8080/"] {
+        for ok in [
+            "https://app.example.com",
+            "http://localhost:3000",
+            "http://[::1]:8080/",
+        ] {
             assert!(is_valid_origin(ok), "{ok}");
         }
-        for bad in ["app.example.com", "https://", "https://a/b", "*", "null", ""] {
+        for bad in [
+            "app.example.com",
+            "https://",
+            "https://a/b",
+            "*",
+            "null",
+            "",
+        ] {
             assert!(!is_valid_origin(bad), "{bad}");
         }
     }

@@ -19,7 +19,12 @@ fn routes(n: usize) -> Vec<(Method, String, &'static str, String)> {
     let json = "application/json";
     let token = r#"{"tokens": ["1-1"]}"#;
     vec![
-        (Method::POST, format!("/v1/topics/t{n}/messages"), "text/plain", "hello".into()),
+        (
+            Method::POST,
+            format!("/v1/topics/t{n}/messages"),
+            "text/plain",
+            "hello".into(),
+        ),
         (
             Method::POST,
             format!("/v1/topics/t{n}/messages/batch"),
@@ -27,21 +32,66 @@ fn routes(n: usize) -> Vec<(Method, String, &'static str, String)> {
             r#"{"messages": [{"body": "a"}]}"#.into(),
         ),
         (Method::PUT, format!("/v1/topics/x{n}"), json, "{}".into()),
-        (Method::PUT, format!("/v1/subscriptions/y{n}"), json, format!(r#"{{"topic": "x{n}"}}"#)),
-        (Method::PATCH, format!("/v1/subscriptions/y{n}"), json, r#"{"ack_deadline": 10000}"#.into()),
-        (Method::POST, format!("/v1/subscriptions/s{n}/pull"), json, r#"{"max_messages": 1}"#.into()),
-        (Method::POST, format!("/v1/subscriptions/s{n}/ack"), json, token.into()),
-        (Method::POST, format!("/v1/subscriptions/s{n}/nack"), json, token.into()),
+        (
+            Method::PUT,
+            format!("/v1/subscriptions/y{n}"),
+            json,
+            format!(r#"{{"topic": "x{n}"}}"#),
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/subscriptions/y{n}"),
+            json,
+            r#"{"ack_deadline": 10000}"#.into(),
+        ),
+        (
+            Method::POST,
+            format!("/v1/subscriptions/s{n}/pull"),
+            json,
+            r#"{"max_messages": 1}"#.into(),
+        ),
+        (
+            Method::POST,
+            format!("/v1/subscriptions/s{n}/ack"),
+            json,
+            token.into(),
+        ),
+        (
+            Method::POST,
+            format!("/v1/subscriptions/s{n}/nack"),
+            json,
+            token.into(),
+        ),
         (
             Method::POST,
             format!("/v1/subscriptions/s{n}/extend"),
             json,
             r#"{"tokens": ["1-1"], "by_ms": 1000}"#.into(),
         ),
-        (Method::POST, format!("/v1/subscriptions/s{n}/seek"), json, r#"{"seq": 0}"#.into()),
-        (Method::POST, format!("/v1/subscriptions/s{n}/dead-letters/replay"), json, "{}".into()),
-        (Method::DELETE, format!("/v1/subscriptions/y{n}"), json, String::new()),
-        (Method::DELETE, format!("/v1/topics/x{n}"), json, String::new()),
+        (
+            Method::POST,
+            format!("/v1/subscriptions/s{n}/seek"),
+            json,
+            r#"{"seq": 0}"#.into(),
+        ),
+        (
+            Method::POST,
+            format!("/v1/subscriptions/s{n}/dead-letters/replay"),
+            json,
+            "{}".into(),
+        ),
+        (
+            Method::DELETE,
+            format!("/v1/subscriptions/y{n}"),
+            json,
+            String::new(),
+        ),
+        (
+            Method::DELETE,
+            format!("/v1/topics/x{n}"),
+            json,
+            String::new(),
+        ),
     ]
 }
 
@@ -49,7 +99,10 @@ async fn setup(server: &TestServer, n: usize) {
     let http = reqwest::Client::new();
     for (path, body) in [
         (format!("/v1/topics/t{n}"), "{}".to_owned()),
-        (format!("/v1/subscriptions/s{n}"), format!(r#"{{"topic": "t{n}"}}"#)),
+        (
+            format!("/v1/subscriptions/s{n}"),
+            format!(r#"{{"topic": "t{n}"}}"#),
+        ),
     ] {
         let r = http
             .put(format!("{}{path}", server.url))
@@ -64,7 +117,11 @@ async fn setup(server: &TestServer, n: usize) {
 
 /// Sends every route as a page of `origin` would (`None`: not a browser).
 /// Browsers keep HTTP/1.1 connections alive and say so.
-async fn send_all(server: &TestServer, n: usize, origin: Option<&str>) -> Vec<(String, u16, String)> {
+async fn send_all(
+    server: &TestServer,
+    n: usize,
+    origin: Option<&str>,
+) -> Vec<(String, u16, String)> {
     let http = reqwest::Client::new();
     let mut answers = Vec::new();
     for (method, path, content_type, body) in routes(n) {
@@ -73,7 +130,9 @@ async fn send_all(server: &TestServer, n: usize, origin: Option<&str>) -> Vec<(S
             .header("content-type", content_type)
             .body(body);
         if let Some(origin) = origin {
-            request = request.header("origin", origin).header("connection", "keep-alive");
+            request = request
+                .header("origin", origin)
+                .header("connection", "keep-alive");
         }
         let response = request.send().await.unwrap();
         let status = response.status().as_u16();
@@ -94,7 +153,10 @@ async fn cross_origin_changes_are_refused_on_every_route() {
         let problem: Problem = serde_json::from_str(&text).unwrap();
         assert_eq!(problem.code, "origin_not_allowed", "{route}");
         let detail = problem.detail.unwrap();
-        assert!(detail.contains("server.allowed_origins") && detail.contains(EVIL), "{detail}");
+        assert!(
+            detail.contains("server.allowed_origins") && detail.contains(EVIL),
+            "{detail}"
+        );
     }
     // Nothing changed.
     let http = reqwest::Client::new();
@@ -107,7 +169,11 @@ async fn cross_origin_changes_are_refused_on_every_route() {
         .await
         .unwrap();
     assert_eq!(topic["messages"], 0, "{topic}");
-    let x = http.get(format!("{}/v1/topics/x0", server.url)).send().await.unwrap();
+    let x = http
+        .get(format!("{}/v1/topics/x0", server.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(x.status(), StatusCode::NOT_FOUND);
     // Reading is not refused: responses without CORS headers stay unreadable to the page.
     let read = http
@@ -164,11 +230,27 @@ async fn json_endpoints_read_only_json() {
     setup(&server, 0).await;
     let http = reqwest::Client::new();
     for (method, path, content_type) in [
-        (Method::PUT, "/v1/topics/form", "application/x-www-form-urlencoded"),
+        (
+            Method::PUT,
+            "/v1/topics/form",
+            "application/x-www-form-urlencoded",
+        ),
         (Method::PUT, "/v1/subscriptions/form", "text/plain"),
-        (Method::POST, "/v1/subscriptions/s0/pull", "multipart/form-data; boundary=x"),
-        (Method::POST, "/v1/topics/t0/messages/batch", "application/x-www-form-urlencoded"),
-        (Method::POST, "/v1/subscriptions/s0/ack", "text/plain;charset=UTF-8"),
+        (
+            Method::POST,
+            "/v1/subscriptions/s0/pull",
+            "multipart/form-data; boundary=x",
+        ),
+        (
+            Method::POST,
+            "/v1/topics/t0/messages/batch",
+            "application/x-www-form-urlencoded",
+        ),
+        (
+            Method::POST,
+            "/v1/subscriptions/s0/ack",
+            "text/plain;charset=UTF-8",
+        ),
     ] {
         let r = http
             .request(method.clone(), format!("{}{path}", server.url))
@@ -177,18 +259,32 @@ async fn json_endpoints_read_only_json() {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status().as_u16(), 415, "{method} {path} as {content_type}");
+        assert_eq!(
+            r.status().as_u16(),
+            415,
+            "{method} {path} as {content_type}"
+        );
         let problem: Problem = r.json().await.unwrap();
         assert_eq!(problem.code, "unsupported_media_type");
         assert!(problem.detail.unwrap().contains("application/json"));
     }
     // JSON types, and no content type at all, are read.
-    for content_type in [Some("application/json; charset=utf-8"), Some("application/merge-patch+json"), None] {
-        let mut r = http.post(format!("{}/v1/subscriptions/s0/pull", server.url)).body("{}");
+    for content_type in [
+        Some("application/json; charset=utf-8"),
+        Some("application/merge-patch+json"),
+        None,
+    ] {
+        let mut r = http
+            .post(format!("{}/v1/subscriptions/s0/pull", server.url))
+            .body("{}");
         if let Some(ct) = content_type {
             r = r.header("content-type", ct);
         }
-        assert_eq!(r.send().await.unwrap().status(), StatusCode::OK, "{content_type:?}");
+        assert_eq!(
+            r.send().await.unwrap().status(),
+            StatusCode::OK,
+            "{content_type:?}"
+        );
     }
     // The single publish takes any content type: it is the message's.
     let r = http
@@ -208,24 +304,33 @@ async fn preflight_answers_allowed_origins() {
         TestServer::start_with(|c| c.server.allowed_origins = vec![APP.to_owned()]).await;
     let http = reqwest::Client::new();
     let preflight = |origin: &str| {
-        http.request(Method::OPTIONS, format!("{}/v1/topics/t/messages", server.url))
-            .header("origin", origin)
-            .header("access-control-request-method", "POST")
-            .header(
-                "access-control-request-headers",
-                "content-type,courier-key,courier-id,ce-type",
-            )
-            .send()
+        http.request(
+            Method::OPTIONS,
+            format!("{}/v1/topics/t/messages", server.url),
+        )
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "content-type,courier-key,courier-id,ce-type",
+        )
+        .send()
     };
     let r = preflight(APP).await.unwrap();
     assert!(r.status().is_success(), "{}", r.status());
     let h = r.headers();
     assert_eq!(h["access-control-allow-origin"], APP);
-    let methods = h["access-control-allow-methods"].to_str().unwrap().to_ascii_uppercase();
+    let methods = h["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .to_ascii_uppercase();
     for m in ["POST", "PUT", "PATCH", "DELETE"] {
         assert!(methods.contains(m), "{methods}");
     }
-    let headers = h["access-control-allow-headers"].to_str().unwrap().to_ascii_lowercase();
+    let headers = h["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
     for name in ["content-type", "courier-key", "courier-id", "ce-type"] {
         assert!(headers.contains(name), "{headers}");
     }
