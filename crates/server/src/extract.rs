@@ -76,8 +76,8 @@ pub fn parse_body<T: DeserializeOwned + BodySchema>(bytes: &[u8]) -> Result<T, A
     } else {
         bytes
     };
-    let value: serde_json::Value = serde_json::from_slice(text).map_err(json_error)?;
-    shape::check(&value, T::SCHEMA).map_err(|detail| {
+    let mut value: serde_json::Value = serde_json::from_slice(text).map_err(json_error)?;
+    shape::check(&mut value, T::SCHEMA).map_err(|detail| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             codes::INVALID_FIELD,
@@ -134,8 +134,10 @@ fn describe(path: &str, message: String) -> String {
     message
 }
 
-/// Objects where the OpenAPI document says object. The document is the one
-/// the server serves, so what it describes and what is accepted agree.
+/// Objects where the OpenAPI document says object, and integers where it says
+/// integer, including those written with a zero fraction (`479.0`, which JSON
+/// Schema counts as an integer). The document is the one the server serves,
+/// so what it describes and what is accepted agree.
 mod shape {
     use std::sync::LazyLock;
 
@@ -147,7 +149,7 @@ mod shape {
     });
 
     /// `Err`: what is wrong, naming the field.
-    pub fn check(value: &Value, schema: &str) -> Result<(), String> {
+    pub fn check(value: &mut Value, schema: &str) -> Result<(), String> {
         let schema = SCHEMAS
             .get(schema)
             .unwrap_or_else(|| panic!("no schema {schema} in the OpenAPI document"));
@@ -209,7 +211,7 @@ mod shape {
         let fits = |t: &str| match value {
             Value::Null => t == "null",
             Value::Bool(_) => t == "boolean",
-            Value::Number(n) => t == "number" || (t == "integer" && !n.is_f64()),
+            Value::Number(n) => t == "number" || (t == "integer" && integral(n).is_some()),
             Value::String(_) => t == "string",
             Value::Array(_) => t == "array",
             Value::Object(_) => t == "object",
@@ -217,7 +219,26 @@ mod shape {
         types.into_iter().any(fits)
     }
 
-    fn walk(value: &Value, schema: &Value, path: &mut String) -> Result<(), String> {
+    /// The integer a JSON number stands for, if it is one.
+    fn integral(n: &serde_json::Number) -> Option<serde_json::Number> {
+        if !n.is_f64() {
+            return Some(n.clone());
+        }
+        let f = n.as_f64()?;
+        if f.fract() != 0.0 {
+            return None;
+        }
+        // `as` is exact for integral values in range; 2^64 and -2^63 are exact floats.
+        if (0.0..18_446_744_073_709_551_616.0).contains(&f) {
+            Some((f as u64).into())
+        } else if (-9_223_372_036_854_775_808.0..0.0).contains(&f) {
+            Some((f as i64).into())
+        } else {
+            None
+        }
+    }
+
+    fn walk(value: &mut Value, schema: &Value, path: &mut String) -> Result<(), String> {
         let schema = resolve(schema);
         for key in ["oneOf", "anyOf"] {
             if let Some(alternatives) = schema.get(key).and_then(Value::as_array) {
@@ -227,6 +248,7 @@ mod shape {
                     .copied()
                     .filter(|a| accepts(a, value))
                     .collect();
+                let value = &mut *value;
                 if fitting.is_empty() {
                     let mut expected: Vec<&str> = alternatives
                         .iter()
@@ -266,6 +288,13 @@ mod shape {
             }
         }
         let types = types(schema);
+        if types.contains(&"integer") {
+            if let Value::Number(n) = value {
+                if let Some(i) = integral(n) {
+                    *n = i;
+                }
+            }
+        }
         if types.contains(&"object") {
             let Value::Object(fields) = value else {
                 if value.is_null() && types.contains(&"null") {
@@ -277,7 +306,7 @@ mod shape {
                     kind(value)
                 ));
             };
-            for (name, field) in fields {
+            for (name, field) in fields.iter_mut() {
                 let field_schema = schema
                     .get("properties")
                     .and_then(|p| p.get(name))
@@ -296,7 +325,7 @@ mod shape {
         }
         if let (Value::Array(items), Some(item_schema)) = (value, schema.get("items")) {
             if types.contains(&"array") {
-                for (i, item) in items.iter().enumerate() {
+                for (i, item) in items.iter_mut().enumerate() {
                     let len = path.len();
                     path.push_str(&format!("[{i}]"));
                     let result = walk(item, item_schema, path);

@@ -171,6 +171,95 @@ impl Modify for DefaultProblem {
     }
 }
 
+/// Unsigned integers (`format: uint64`, `uint32`) get their largest value as
+/// `maximum` where no smaller one is given: serde refuses anything larger.
+struct UnsignedLimits;
+
+impl Modify for UnsignedLimits {
+    fn modify(&self, openapi: &mut OpenApi) {
+        use utoipa::openapi::RefOr;
+        if let Some(components) = openapi.components.as_mut() {
+            components.schemas.values_mut().for_each(limit);
+        }
+        for item in openapi.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                for p in op.parameters.iter_mut().flatten() {
+                    if let Some(schema) = p.schema.as_mut() {
+                        limit(schema);
+                    }
+                }
+                if let Some(body) = op.request_body.as_mut() {
+                    for content in body.content.values_mut() {
+                        content.schema.as_mut().map(limit);
+                    }
+                }
+                for response in op.responses.responses.values_mut() {
+                    if let RefOr::T(response) = response {
+                        for content in response.content.values_mut() {
+                            content.schema.as_mut().map(limit);
+                        }
+                        for header in response.headers.values_mut() {
+                            limit(&mut header.schema);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn limit(schema: &mut utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>) {
+    use utoipa::openapi::schema::{
+        AdditionalProperties, ArrayItems, KnownFormat, Schema, SchemaFormat,
+    };
+    use utoipa::openapi::RefOr;
+    let RefOr::T(schema) = schema else {
+        return;
+    };
+    match schema {
+        Schema::Object(o) => {
+            let (max, name) = match &o.format {
+                Some(SchemaFormat::KnownFormat(KnownFormat::UInt64)) => (u64::MAX, "uint64"),
+                Some(SchemaFormat::KnownFormat(KnownFormat::UInt32)) => (u32::MAX.into(), "uint32"),
+                Some(SchemaFormat::KnownFormat(KnownFormat::UInt16)) => (u16::MAX.into(), "uint16"),
+                Some(SchemaFormat::KnownFormat(KnownFormat::UInt8)) => (u8::MAX.into(), "uint8"),
+                _ => (0, ""),
+            };
+            if !name.is_empty() {
+                // utoipa would write `u-int64`.
+                o.format = Some(SchemaFormat::Custom(name.to_owned()));
+                if o.maximum.is_none() {
+                    o.maximum = usize::try_from(max).ok().map(utoipa::Number::UInt);
+                }
+            }
+            o.properties.values_mut().for_each(limit);
+            if let Some(additional) = o.additional_properties.as_deref_mut() {
+                if let AdditionalProperties::RefOr(r) = additional {
+                    limit(r);
+                }
+            }
+        }
+        Schema::Array(a) => {
+            if let ArrayItems::RefOrSchema(items) = &mut a.items {
+                limit(items);
+            }
+        }
+        Schema::OneOf(x) => x.items.iter_mut().for_each(limit),
+        Schema::AllOf(x) => x.items.iter_mut().for_each(limit),
+        Schema::AnyOf(x) => x.items.iter_mut().for_each(limit),
+        _ => {}
+    }
+}
+
 /// The routes with their OpenAPI description; the one place both come from.
 fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -208,6 +297,7 @@ pub fn openapi() -> OpenApi {
     let mut doc = routes().split_for_parts().1;
     // After the split: only then does the document hold the routes' paths.
     DefaultProblem.modify(&mut doc);
+    UnsignedLimits.modify(&mut doc);
     doc
 }
 
