@@ -173,6 +173,7 @@ impl Modify for DefaultProblem {
 
 /// Unsigned integers (`format: uint64`, `uint32`) get their largest value as
 /// `maximum` where no smaller one is given: serde refuses anything larger.
+/// Topic and subscription names in paths get the naming rules.
 struct UnsignedLimits;
 
 impl Modify for UnsignedLimits {
@@ -193,8 +194,13 @@ impl Modify for UnsignedLimits {
             .flatten()
             {
                 for p in op.parameters.iter_mut().flatten() {
+                    let is_name = p.name == "name"
+                        && matches!(p.parameter_in, utoipa::openapi::path::ParameterIn::Path);
                     if let Some(schema) = p.schema.as_mut() {
                         limit(schema);
+                        if is_name {
+                            name_rules(schema);
+                        }
                     }
                 }
                 if let Some(body) = op.request_body.as_mut() {
@@ -214,6 +220,18 @@ impl Modify for UnsignedLimits {
                 }
             }
         }
+    }
+}
+
+/// `courier_core::error::validate_name`: 1 to 200 of `A-Z a-z 0-9 . _ -`, not
+/// starting with `.` or `-`.
+fn name_rules(schema: &mut utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>) {
+    use utoipa::openapi::schema::Schema;
+    use utoipa::openapi::RefOr;
+    if let RefOr::T(Schema::Object(o)) = schema {
+        o.pattern = Some("^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$".to_owned());
+        o.min_length = Some(1);
+        o.max_length = Some(200);
     }
 }
 
