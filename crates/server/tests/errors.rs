@@ -866,3 +866,98 @@ async fn type_errors_name_the_field() {
         .starts_with("retention.bogus: unknown field `bogus`"));
     server.stop().await;
 }
+
+/// What the OpenAPI document allows the server accepts, and what it forbids
+/// the server refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_as_documented() {
+    let mut server = TestServer::start().await;
+    let raw = Raw::new(&server);
+    let c = &server.client;
+    c.create_topic("t", &TopicConfig::default()).await.unwrap();
+    // JSON Schema's integers include 479.0.
+    let r = raw
+        .json(
+            Method::PUT,
+            "/v1/subscriptions/s",
+            r#"{"topic": "t", "ack_deadline": 479.0, "max_in_flight": 10.0}"#,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let info: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(info["config"]["ack_deadline"], 479);
+    let r = raw
+        .json(
+            Method::POST,
+            "/v1/subscriptions/s/pull",
+            r#"{"max_messages": 2.0}"#,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    expect_problem(
+        raw.json(
+            Method::PUT,
+            "/v1/subscriptions/s2",
+            r#"{"topic": "t", "ack_deadline": 479.5}"#,
+        ),
+        422,
+        "invalid_field",
+    )
+    .await;
+    // Unsigned 64-bit integers up to u64::MAX, as documented (uint64).
+    let r = raw
+        .json(
+            Method::POST,
+            "/v1/subscriptions/s/seek",
+            &format!(r#"{{"seq": {}}}"#, u64::MAX),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let p = expect_problem(
+        raw.json(
+            Method::POST,
+            "/v1/subscriptions/s/seek",
+            r#"{"seq": 18446744073709551616}"#,
+        ),
+        422,
+        "invalid_field",
+    )
+    .await;
+    assert!(p.detail.unwrap().starts_with("seq: "));
+    // Documented minimums.
+    for (path, body) in [
+        ("ack", r#"{"tokens": []}"#),
+        ("extend", r#"{"tokens": ["1-1"], "by_ms": 0}"#),
+        ("pull", r#"{"max_messages": 0}"#),
+    ] {
+        expect_problem(
+            raw.json(Method::POST, &format!("/v1/subscriptions/s/{path}"), body),
+            400,
+            "invalid_argument",
+        )
+        .await;
+    }
+    expect_problem(
+        raw.json(
+            Method::POST,
+            "/v1/topics/t/messages/batch",
+            r#"{"messages": []}"#,
+        ),
+        400,
+        "invalid_argument",
+    )
+    .await;
+    expect_problem(
+        raw.req(Method::GET, "/v1/topics/t/messages?max=0"),
+        400,
+        "invalid_query",
+    )
+    .await;
+    server.stop().await;
+}
