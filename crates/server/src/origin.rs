@@ -45,7 +45,7 @@ impl OriginLayer {
             return false;
         };
         let origin = normalize(origin);
-        if self.allowed.iter().any(|a| *a == origin) {
+        if self.allowed.contains(&origin) {
             return true;
         }
         // Same origin: the page was served by this server, under the name the

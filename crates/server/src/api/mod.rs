@@ -260,10 +260,8 @@ fn limit(schema: &mut utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>) {
                 }
             }
             o.properties.values_mut().for_each(limit);
-            if let Some(additional) = o.additional_properties.as_deref_mut() {
-                if let AdditionalProperties::RefOr(r) = additional {
-                    limit(r);
-                }
+            if let Some(AdditionalProperties::RefOr(r)) = o.additional_properties.as_deref_mut() {
+                limit(r);
             }
         }
         Schema::Array(a) => {
