@@ -566,7 +566,7 @@ pub mod schema {
 
     /// Retention limits of a topic; the oldest messages go first when any is exceeded.
     #[derive(ToSchema, Serialize, Deserialize)]
-    #[serde(default)]
+    #[serde(default, deny_unknown_fields)]
     pub struct Retention {
         /// Milliseconds.
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -579,7 +579,7 @@ pub mod schema {
 
     /// Body of `PUT /v1/topics/{name}`; every field has a default.
     #[derive(ToSchema, Serialize, Deserialize)]
-    #[serde(default)]
+    #[serde(default, deny_unknown_fields)]
     pub struct TopicConfig {
         retention: Retention,
         /// How long a client-supplied message id is remembered, in milliseconds (default 120000).
@@ -610,7 +610,7 @@ pub mod schema {
 
     /// Exponential backoff with jitter between delivery attempts; durations in milliseconds.
     #[derive(ToSchema, Serialize, Deserialize)]
-    #[serde(default)]
+    #[serde(default, deny_unknown_fields)]
     pub struct RetryPolicy {
         /// At most 100 years.
         #[schema(maximum = 3153600000000_f64)]
@@ -627,7 +627,7 @@ pub mod schema {
 
     /// Body of `PUT /v1/subscriptions/{name}`; only `topic` is required in practice.
     #[derive(ToSchema, Serialize, Deserialize)]
-    #[serde(default)]
+    #[serde(default, deny_unknown_fields)]
     pub struct SubscriptionConfig {
         topic: String,
         start: StartPosition,
