@@ -506,6 +506,10 @@ mod tests {
         let cases: Vec<(&str, Mutation)> = vec![
             ("body_limit", Box::new(|c| c.server.body_limit = 10)),
             (
+                "allowed_origins",
+                Box::new(|c| c.server.allowed_origins = vec!["app.example.com".into()]),
+            ),
+            (
                 "request_timeout",
                 Box::new(|c| c.server.request_timeout = Duration::ZERO),
             ),
