@@ -69,7 +69,7 @@ impl AppState {
 #[openapi(
     info(
         title = "Courier",
-        description = "A durable message broker: topics, subscriptions with leases, retries and dead letters.\n\nEvery error is an RFC 9457 problem document (`application/problem+json`) whose `code` is stable. Two codes may come from any `/v1` operation, because they depend on the engine behind the broker: `unsupported_by_engine` (501) when the engine lacks a feature the request needs (`GET /v1/capabilities` lists what it has; retrying does not help), and `engine_unavailable` (503, with `Retry-After`) when the engine's backend cannot be reached for now.",
+        description = "A durable message broker: topics, subscriptions with leases, retries and dead letters.\n\nEvery error is an RFC 9457 problem document (`application/problem+json`) whose `code` is stable. Two codes may come from any `/v1` operation, because they depend on the engine behind the broker: `unsupported_by_engine` (501) when the engine lacks a feature the request needs (`GET /v1/capabilities` lists what it has; retrying does not help), and `engine_unavailable` (503, with `Retry-After`) when the engine's backend cannot be reached for now.\n\nJSON request bodies are sent as `application/json` (or a `+json` type, or with no content type); other types get 415 `unsupported_media_type`. A POST, PUT, PATCH or DELETE whose `Origin` header names neither this server nor an origin in the server's `allowed_origins` gets 403 `origin_not_allowed`: web pages of other sites cannot change anything.",
         license(name = "Apache-2.0", identifier = "Apache-2.0")
     ),
     tags(
