@@ -416,11 +416,14 @@ impl SettleResponse {
 /// Exactly one of `seq` and `time`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[cfg_attr(feature = "openapi", schema(max_properties = 1))]
 #[serde(deny_unknown_fields)]
 pub struct SeekBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub seq: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub time: Option<Timestamp>,
 }
 
@@ -629,6 +632,13 @@ pub mod schema {
     #[derive(ToSchema, Serialize, Deserialize)]
     #[serde(default, deny_unknown_fields)]
     pub struct SubscriptionConfig {
+        /// The topic to read; required.
+        #[schema(
+            required = true,
+            min_length = 1,
+            max_length = 200,
+            pattern = "^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$"
+        )]
         topic: String,
         start: StartPosition,
         /// Lease length in milliseconds (default 30000, at most 100 years).

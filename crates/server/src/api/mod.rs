@@ -314,6 +314,14 @@ pub fn openapi() -> OpenApi {
     // After the split: only then does the document hold the routes' paths.
     DefaultProblem.modify(&mut doc);
     UnsignedLimits.modify(&mut doc);
+    // Exactly one of `seq` and `time` (utoipa drops `min_properties`).
+    if let Some(utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(seek))) = doc
+        .components
+        .as_mut()
+        .and_then(|c| c.schemas.get_mut("SeekBody"))
+    {
+        seek.min_properties = Some(1);
+    }
     doc
 }
 
