@@ -62,7 +62,8 @@ pub struct Problem {
     pub detail: Option<String>,
 }
 
-/// A time given either as milliseconds since the epoch or as an RFC 3339 string.
+/// A time given either as milliseconds since the epoch or as an RFC 3339 string,
+/// before the year 10000 (at most 253402300799999 ms).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(untagged)]
@@ -87,8 +88,9 @@ pub struct PublishMessage {
     pub body: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_base64: Option<String>,
-    /// Not delivered before this many milliseconds from now.
+    /// Not delivered before this many milliseconds from now (at most 100 years).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 3153600000000_f64))]
     pub delay_ms: Option<u64>,
     /// Not delivered before this time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -112,6 +114,8 @@ impl PublishMessage {
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PublishBatch {
+    /// At least one.
+    #[cfg_attr(feature = "openapi", schema(min_items = 1))]
     pub messages: Vec<PublishMessage>,
 }
 
@@ -312,9 +316,11 @@ fn needs_escape(bytes: &[u8]) -> bool {
 pub struct PullBody {
     /// Consumer name for per-consumer flow control; `default` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 200))]
     pub consumer: Option<String>,
-    /// At most this many messages (default 10, at most 1000).
+    /// At most this many messages (default 10, 1 to 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1000))]
     pub max_messages: Option<u32>,
     /// Wait up to this long for the first message (default 0, capped at the server's max pull wait).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -336,7 +342,7 @@ pub const MAX_TOKENS: usize = 10_000;
 #[serde(deny_unknown_fields)]
 pub struct AckBody {
     /// Lease tokens from pull answers; 1 to 10000.
-    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>, example = json!(["5-17"])))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>, min_items = 1, max_items = 10000, example = json!(["5-17"])))]
     pub tokens: Vec<LeaseToken>,
 }
 
@@ -346,10 +352,11 @@ pub struct AckBody {
 #[serde(deny_unknown_fields)]
 pub struct NackBody {
     /// Lease tokens from pull answers; 1 to 10000.
-    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>, example = json!(["5-17"])))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>, min_items = 1, max_items = 10000, example = json!(["5-17"])))]
     pub tokens: Vec<LeaseToken>,
-    /// Redeliver after this delay instead of the subscription's backoff.
+    /// Redeliver after this delay instead of the subscription's backoff (at most 100 years).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 3153600000000_f64))]
     pub delay_ms: Option<u64>,
     /// Why processing failed; kept on the dead letter if this was the last attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -362,9 +369,10 @@ pub struct NackBody {
 #[serde(deny_unknown_fields)]
 pub struct ExtendBody {
     /// Lease tokens from pull answers; 1 to 10000. They stay valid.
-    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>, example = json!(["5-17"])))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>, min_items = 1, max_items = 10000, example = json!(["5-17"])))]
     pub tokens: Vec<LeaseToken>,
-    /// The new lease deadline is now + `by_ms`.
+    /// The new lease deadline is now + `by_ms` (1 ms to 100 years).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 3153600000000_f64))]
     pub by_ms: u64,
 }
 
@@ -408,11 +416,14 @@ impl SettleResponse {
 /// Exactly one of `seq` and `time`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[cfg_attr(feature = "openapi", schema(max_properties = 1))]
 #[serde(deny_unknown_fields)]
 pub struct SeekBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub seq: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub time: Option<Timestamp>,
 }
 
@@ -558,7 +569,7 @@ pub mod schema {
 
     /// Retention limits of a topic; the oldest messages go first when any is exceeded.
     #[derive(ToSchema, Serialize, Deserialize)]
-    #[serde(default)]
+    #[serde(default, deny_unknown_fields)]
     pub struct Retention {
         /// Milliseconds.
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -571,7 +582,7 @@ pub mod schema {
 
     /// Body of `PUT /v1/topics/{name}`; every field has a default.
     #[derive(ToSchema, Serialize, Deserialize)]
-    #[serde(default)]
+    #[serde(default, deny_unknown_fields)]
     pub struct TopicConfig {
         retention: Retention,
         /// How long a client-supplied message id is remembered, in milliseconds (default 120000).
@@ -602,9 +613,13 @@ pub mod schema {
 
     /// Exponential backoff with jitter between delivery attempts; durations in milliseconds.
     #[derive(ToSchema, Serialize, Deserialize)]
-    #[serde(default)]
+    #[serde(default, deny_unknown_fields)]
     pub struct RetryPolicy {
+        /// At most 100 years.
+        #[schema(maximum = 3153600000000_f64)]
         initial_backoff: u64,
+        /// At most 100 years.
+        #[schema(maximum = 3153600000000_f64)]
         max_backoff: u64,
         multiplier: f64,
         /// Attempts before a message is dead-lettered; 0 means never.
@@ -615,11 +630,19 @@ pub mod schema {
 
     /// Body of `PUT /v1/subscriptions/{name}`; only `topic` is required in practice.
     #[derive(ToSchema, Serialize, Deserialize)]
-    #[serde(default)]
+    #[serde(default, deny_unknown_fields)]
     pub struct SubscriptionConfig {
+        /// The topic to read; required.
+        #[schema(
+            required = true,
+            min_length = 1,
+            max_length = 200,
+            pattern = "^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$"
+        )]
         topic: String,
         start: StartPosition,
-        /// Lease length in milliseconds (default 30000).
+        /// Lease length in milliseconds (default 30000, at most 100 years).
+        #[schema(maximum = 3153600000000_f64)]
         ack_deadline: u64,
         max_in_flight: u32,
         max_in_flight_per_consumer: u32,
@@ -651,8 +674,9 @@ pub mod schema {
     #[derive(ToSchema, Serialize, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct SubscriptionUpdate {
-        /// Lease length in milliseconds, for leases granted from now on.
+        /// Lease length in milliseconds, for leases granted from now on (at most 100 years).
         #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(maximum = 3153600000000_f64)]
         ack_deadline: Option<u64>,
         #[serde(skip_serializing_if = "Option::is_none")]
         max_in_flight: Option<u32>,

@@ -97,6 +97,12 @@ pub struct ServerConfig {
     /// Requests one client may make at once before the average applies. 0 means
     /// twice `rate_limit`.
     pub rate_burst: u32,
+    /// Origins (`https://app.example.com`, scheme://host[:port]) whose web pages
+    /// may change state through this server: publish, ack, create, delete.
+    /// State-changing requests from any other origin are refused with 403
+    /// `origin_not_allowed`; same-origin requests and requests without an
+    /// `Origin` header (curl, SDKs) always pass. Empty by default.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -112,6 +118,7 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(30),
             rate_limit: 0,
             rate_burst: 0,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -318,6 +325,14 @@ impl Config {
         if s.max_headers_per_message == 0 {
             return bad("server.max_headers_per_message must be at least 1".into());
         }
+        for origin in &s.allowed_origins {
+            if !crate::origin::is_valid_origin(origin) {
+                return bad(format!(
+                    "server.allowed_origins: '{origin}' is not an origin \
+                     (scheme://host[:port], e.g. https://app.example.com)"
+                ));
+            }
+        }
         if s.max_connections == 0 {
             return bad("server.max_connections must be at least 1".into());
         }
@@ -490,6 +505,10 @@ mod tests {
         type Mutation = Box<dyn Fn(&mut Config)>;
         let cases: Vec<(&str, Mutation)> = vec![
             ("body_limit", Box::new(|c| c.server.body_limit = 10)),
+            (
+                "allowed_origins",
+                Box::new(|c| c.server.allowed_origins = vec!["app.example.com".into()]),
+            ),
             (
                 "request_timeout",
                 Box::new(|c| c.server.request_timeout = Duration::ZERO),

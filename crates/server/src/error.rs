@@ -24,6 +24,9 @@ pub mod codes {
     pub const TOO_MANY_HEADERS: &str = "too_many_headers";
     pub const BODY_TOO_LARGE: &str = "body_too_large";
     pub const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported_media_type";
+    /// 403: a state-changing request from a web page of an origin that is not
+    /// this server's and not in `server.allowed_origins`.
+    pub const ORIGIN_NOT_ALLOWED: &str = "origin_not_allowed";
     pub const NOT_FOUND: &str = "not_found";
     pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
     pub const TIMEOUT: &str = "timeout";

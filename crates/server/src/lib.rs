@@ -10,6 +10,7 @@
 //! - `edge`: what every request passes first (request id, rate limit,
 //!   timeout, problem answers for bare errors, request log).
 //! - `metrics`: `GET /metrics` (Prometheus text format) and the request metrics.
+//! - `origin`: browser safety (cross-origin state changes refused, CORS).
 //! - `rate_limit`: per-client request limits (429 `rate_limited`).
 //! - `server`: the connection loop and the shutdown sequence.
 
@@ -23,6 +24,7 @@ pub mod error;
 mod extract;
 mod fast_publish;
 mod metrics;
+mod origin;
 mod rate_limit;
 mod server;
 mod telemetry;

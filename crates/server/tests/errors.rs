@@ -712,3 +712,252 @@ async fn huge_token_arrays_are_refused_and_the_largest_allowed_answered() {
     assert_eq!(c.subscription("s").await.unwrap().in_flight, 0);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arrays_are_not_objects() {
+    let mut server = TestServer::start().await;
+    let raw = Raw::new(&server);
+    server
+        .client
+        .create_topic("x", &TopicConfig::default())
+        .await
+        .unwrap();
+    server
+        .client
+        .create_subscription("s", &SubscriptionConfig::for_topic("x"))
+        .await
+        .unwrap();
+    for (method, path, body, names) in [
+        (
+            Method::PUT,
+            "/v1/topics/t",
+            r#"{"retention": [5, 6, 7]}"#,
+            "retention",
+        ),
+        (Method::PUT, "/v1/topics/t", "[]", "the body"),
+        (Method::PUT, "/v1/subscriptions/y", r#"["x"]"#, "the body"),
+        (
+            Method::PUT,
+            "/v1/subscriptions/y",
+            r#"{"topic": "x", "retry": [1, 2]}"#,
+            "retry",
+        ),
+        (
+            Method::PATCH,
+            "/v1/subscriptions/s",
+            r#"{"retry": [1]}"#,
+            "retry",
+        ),
+        (Method::PATCH, "/v1/subscriptions/s", "[30000]", "the body"),
+        (
+            Method::POST,
+            "/v1/topics/x/messages/batch",
+            r#"[[["hello"]]]"#,
+            "the body",
+        ),
+        (
+            Method::POST,
+            "/v1/topics/x/messages/batch",
+            r#"{"messages": [["hello"]]}"#,
+            "messages[0]",
+        ),
+        (
+            Method::POST,
+            "/v1/topics/x/messages/batch",
+            r#"{"messages": [{"headers": []}]}"#,
+            "messages[0].headers",
+        ),
+        (Method::POST, "/v1/subscriptions/s/pull", "[]", "the body"),
+        (
+            Method::POST,
+            "/v1/subscriptions/s/ack",
+            r#"[["1-1"]]"#,
+            "the body",
+        ),
+        (Method::POST, "/v1/subscriptions/s/seek", "[5]", "the body"),
+    ] {
+        let p = expect_problem(raw.json(method.clone(), path, body), 422, "invalid_field").await;
+        let detail = p.detail.unwrap();
+        assert!(
+            detail.starts_with(&format!("{names}: expected a JSON object")),
+            "{method} {path} {body}: {detail}"
+        );
+    }
+    // Nothing was created or published.
+    expect_problem(raw.req(Method::GET, "/v1/topics/t"), 404, "topic_not_found").await;
+    expect_problem(
+        raw.req(Method::GET, "/v1/subscriptions/y"),
+        404,
+        "subscription_not_found",
+    )
+    .await;
+    let topic = server.client.topic("x").await.unwrap();
+    assert_eq!(topic.next_seq, topic.first_seq, "nothing published");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn type_errors_name_the_field() {
+    let mut server = TestServer::start().await;
+    let raw = Raw::new(&server);
+    server
+        .client
+        .create_topic("x", &TopicConfig::default())
+        .await
+        .unwrap();
+    for (method, path, body, prefix) in [
+        (
+            Method::PUT,
+            "/v1/subscriptions/y",
+            r#"{"topic": "x", "ack_deadline": "soon"}"#,
+            "ack_deadline: ",
+        ),
+        (
+            Method::PUT,
+            "/v1/subscriptions/y",
+            r#"{"topic": "x", "retry": {"max_attempts": -1}}"#,
+            "retry.max_attempts: ",
+        ),
+        (
+            Method::PUT,
+            "/v1/topics/t",
+            r#"{"retention": {"max_age": "1h"}}"#,
+            "retention.max_age: ",
+        ),
+        (
+            Method::POST,
+            "/v1/topics/x/messages/batch",
+            r#"{"messages": [{"body": "a"}, {"delay_ms": true}]}"#,
+            "messages[1].delay_ms: ",
+        ),
+    ] {
+        let p = expect_problem(raw.json(method.clone(), path, body), 422, "invalid_field").await;
+        let detail = p.detail.unwrap();
+        assert!(detail.starts_with(prefix), "{body}: {detail}");
+        assert!(!detail.contains("line "), "{detail}");
+    }
+    let p = expect_problem(
+        raw.json(
+            Method::PUT,
+            "/v1/subscriptions/y",
+            r#"{"topic": "x", "ack_deadline": "soon"}"#,
+        ),
+        422,
+        "invalid_field",
+    )
+    .await;
+    assert_eq!(
+        p.detail.unwrap(),
+        r#"ack_deadline: invalid type: string "soon", expected milliseconds as a number"#
+    );
+    let p = expect_problem(
+        raw.json(
+            Method::PUT,
+            "/v1/topics/t",
+            r#"{"retention": {"bogus": 1}}"#,
+        ),
+        422,
+        "unknown_field",
+    )
+    .await;
+    assert!(p
+        .detail
+        .unwrap()
+        .starts_with("retention.bogus: unknown field `bogus`"));
+    server.stop().await;
+}
+
+/// What the OpenAPI document allows the server accepts, and what it forbids
+/// the server refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_as_documented() {
+    let mut server = TestServer::start().await;
+    let raw = Raw::new(&server);
+    let c = &server.client;
+    c.create_topic("t", &TopicConfig::default()).await.unwrap();
+    // JSON Schema's integers include 479.0.
+    let r = raw
+        .json(
+            Method::PUT,
+            "/v1/subscriptions/s",
+            r#"{"topic": "t", "ack_deadline": 479.0, "max_in_flight": 10.0}"#,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let info: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(info["config"]["ack_deadline"], 479);
+    let r = raw
+        .json(
+            Method::POST,
+            "/v1/subscriptions/s/pull",
+            r#"{"max_messages": 2.0}"#,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    expect_problem(
+        raw.json(
+            Method::PUT,
+            "/v1/subscriptions/s2",
+            r#"{"topic": "t", "ack_deadline": 479.5}"#,
+        ),
+        422,
+        "invalid_field",
+    )
+    .await;
+    // Unsigned 64-bit integers up to u64::MAX, as documented (uint64).
+    let r = raw
+        .json(
+            Method::POST,
+            "/v1/subscriptions/s/seek",
+            &format!(r#"{{"seq": {}}}"#, u64::MAX),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let p = expect_problem(
+        raw.json(
+            Method::POST,
+            "/v1/subscriptions/s/seek",
+            r#"{"seq": 18446744073709551616}"#,
+        ),
+        422,
+        "invalid_field",
+    )
+    .await;
+    assert!(p.detail.unwrap().starts_with("seq: "));
+    // Documented minimums.
+    for (path, body) in [
+        ("ack", r#"{"tokens": []}"#),
+        ("extend", r#"{"tokens": ["1-1"], "by_ms": 0}"#),
+        ("pull", r#"{"max_messages": 0}"#),
+    ] {
+        expect_problem(
+            raw.json(Method::POST, &format!("/v1/subscriptions/s/{path}"), body),
+            400,
+            "invalid_argument",
+        )
+        .await;
+    }
+    expect_problem(
+        raw.json(
+            Method::POST,
+            "/v1/topics/t/messages/batch",
+            r#"{"messages": []}"#,
+        ),
+        400,
+        "invalid_argument",
+    )
+    .await;
+    expect_problem(
+        raw.req(Method::GET, "/v1/topics/t/messages?max=0"),
+        400,
+        "invalid_query",
+    )
+    .await;
+    server.stop().await;
+}

@@ -219,3 +219,71 @@ fn settling_answers_are_documented() {
         doc["components"]["responses"]["EngineUnavailable"]["headers"]["Retry-After"].is_object()
     );
 }
+
+/// Every `$ref` names something the document has.
+#[test]
+fn every_reference_resolves() {
+    fn walk(v: &Value, doc: &Value, at: &str) {
+        match v {
+            Value::Object(map) => {
+                if let Some(Value::String(r)) = map.get("$ref") {
+                    let pointer = r.strip_prefix('#').expect("a local reference");
+                    assert!(doc.pointer(pointer).is_some(), "{at}: dangling {r}");
+                }
+                for (k, v) in map {
+                    walk(v, doc, &format!("{at}/{k}"));
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| walk(v, doc, at)),
+            _ => {}
+        }
+    }
+    let doc: Value = serde_json::from_str(&courier_server::openapi_json()).unwrap();
+    walk(&doc, &doc, "");
+}
+
+/// The limits the server checks are the ones the document states.
+#[test]
+fn limits_are_documented() {
+    let doc: Value = serde_json::from_str(&courier_server::openapi_json()).unwrap();
+    let schemas = &doc["components"]["schemas"];
+    for body in ["AckBody", "NackBody", "ExtendBody"] {
+        let tokens = &schemas[body]["properties"]["tokens"];
+        assert_eq!(tokens["minItems"], 1, "{body}");
+        assert_eq!(tokens["maxItems"], 10_000, "{body}");
+    }
+    assert_eq!(
+        schemas["PublishBatch"]["properties"]["messages"]["minItems"],
+        1
+    );
+    let by_ms = &schemas["ExtendBody"]["properties"]["by_ms"];
+    assert_eq!(by_ms["minimum"], 1);
+    assert_eq!(by_ms["maximum"], 3_153_600_000_000_u64);
+    assert_eq!(
+        schemas["PullBody"]["properties"]["max_messages"]["minimum"],
+        1
+    );
+    assert_eq!(
+        schemas["PullBody"]["properties"]["max_messages"]["maximum"],
+        1000
+    );
+    // Unsigned 64-bit integers are documented as such, up to u64::MAX.
+    let seq = &schemas["SeekBody"]["properties"]["seq"];
+    assert_eq!(seq["format"], "uint64");
+    assert_eq!(seq["maximum"], u64::MAX);
+    for (path, param) in [
+        ("/v1/topics/{name}/messages", "max"),
+        ("/v1/subscriptions/{name}/dead-letters", "max"),
+    ] {
+        let params = doc["paths"][path]["get"]["parameters"].as_array().unwrap();
+        let p = params.iter().find(|p| p["name"] == param).unwrap();
+        assert_eq!(p["schema"]["minimum"], 1, "{path} {param}");
+        assert_eq!(p["schema"]["maximum"], 1000, "{path} {param}");
+    }
+    let params = doc["paths"]["/v1/topics/{name}/messages"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    let from = params.iter().find(|p| p["name"] == "from").unwrap();
+    assert_eq!(from["schema"]["type"], "integer", "{from}");
+    assert_eq!(from["schema"]["format"], "uint64", "{from}");
+}

@@ -114,8 +114,10 @@ pub(crate) async fn publish_batch(
 #[into_params(parameter_in = Query)]
 pub(crate) struct Browse {
     /// First sequence to show (default: the oldest retained).
+    #[param(value_type = Option<u64>)]
     from: Option<Seq>,
     /// At most this many messages (default 100, 1 to 1000).
+    #[param(minimum = 1, maximum = 1000)]
     max: Option<usize>,
 }
 

@@ -30,6 +30,7 @@ use utoipa_axum::routes;
 use crate::config::ServerConfig;
 use crate::edge::{Edge, EdgeConfig, EdgeLayer};
 use crate::error::{codes, ApiError};
+use crate::origin::{self, OriginLayer};
 use crate::rate_limit::{self, RateLimit};
 
 /// What every handler can reach.
@@ -68,7 +69,7 @@ impl AppState {
 #[openapi(
     info(
         title = "Courier",
-        description = "A durable message broker: topics, subscriptions with leases, retries and dead letters.\n\nEvery error is an RFC 9457 problem document (`application/problem+json`) whose `code` is stable. Two codes may come from any `/v1` operation, because they depend on the engine behind the broker: `unsupported_by_engine` (501) when the engine lacks a feature the request needs (`GET /v1/capabilities` lists what it has; retrying does not help), and `engine_unavailable` (503, with `Retry-After`) when the engine's backend cannot be reached for now.",
+        description = "A durable message broker: topics, subscriptions with leases, retries and dead letters.\n\nEvery error is an RFC 9457 problem document (`application/problem+json`) whose `code` is stable. Two codes may come from any `/v1` operation, because they depend on the engine behind the broker: `unsupported_by_engine` (501) when the engine lacks a feature the request needs (`GET /v1/capabilities` lists what it has; retrying does not help), and `engine_unavailable` (503, with `Retry-After`) when the engine's backend cannot be reached for now.\n\nJSON request bodies are sent as `application/json` (or a `+json` type, or with no content type); other types get 415 `unsupported_media_type`. A POST, PUT, PATCH or DELETE whose `Origin` header names neither this server nor an origin in the server's `allowed_origins` gets 403 `origin_not_allowed`: web pages of other sites cannot change anything.",
         license(name = "Apache-2.0", identifier = "Apache-2.0")
     ),
     tags(
@@ -170,6 +171,111 @@ impl Modify for DefaultProblem {
     }
 }
 
+/// Unsigned integers (`format: uint64`, `uint32`) get their largest value as
+/// `maximum` where no smaller one is given: serde refuses anything larger.
+/// Topic and subscription names in paths get the naming rules.
+struct UnsignedLimits;
+
+impl Modify for UnsignedLimits {
+    fn modify(&self, openapi: &mut OpenApi) {
+        use utoipa::openapi::RefOr;
+        if let Some(components) = openapi.components.as_mut() {
+            components.schemas.values_mut().for_each(limit);
+        }
+        for item in openapi.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                for p in op.parameters.iter_mut().flatten() {
+                    let is_name = p.name == "name"
+                        && matches!(p.parameter_in, utoipa::openapi::path::ParameterIn::Path);
+                    if let Some(schema) = p.schema.as_mut() {
+                        limit(schema);
+                        if is_name {
+                            name_rules(schema);
+                        }
+                    }
+                }
+                if let Some(body) = op.request_body.as_mut() {
+                    for content in body.content.values_mut() {
+                        content.schema.as_mut().map(limit);
+                    }
+                }
+                for response in op.responses.responses.values_mut() {
+                    if let RefOr::T(response) = response {
+                        for content in response.content.values_mut() {
+                            content.schema.as_mut().map(limit);
+                        }
+                        for header in response.headers.values_mut() {
+                            limit(&mut header.schema);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `courier_core::error::validate_name`: 1 to 200 of `A-Z a-z 0-9 . _ -`, not
+/// starting with `.` or `-`.
+fn name_rules(schema: &mut utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>) {
+    use utoipa::openapi::schema::Schema;
+    use utoipa::openapi::RefOr;
+    if let RefOr::T(Schema::Object(o)) = schema {
+        o.pattern = Some("^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$".to_owned());
+        o.min_length = Some(1);
+        o.max_length = Some(200);
+    }
+}
+
+fn limit(schema: &mut utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>) {
+    use utoipa::openapi::schema::{
+        AdditionalProperties, ArrayItems, KnownFormat, Schema, SchemaFormat,
+    };
+    use utoipa::openapi::RefOr;
+    let RefOr::T(schema) = schema else {
+        return;
+    };
+    match schema {
+        Schema::Object(o) => {
+            let (max, name) = match &o.format {
+                Some(SchemaFormat::KnownFormat(KnownFormat::UInt64)) => (u64::MAX, "uint64"),
+                Some(SchemaFormat::KnownFormat(KnownFormat::UInt32)) => (u32::MAX.into(), "uint32"),
+                Some(SchemaFormat::KnownFormat(KnownFormat::UInt16)) => (u16::MAX.into(), "uint16"),
+                Some(SchemaFormat::KnownFormat(KnownFormat::UInt8)) => (u8::MAX.into(), "uint8"),
+                _ => (0, ""),
+            };
+            if !name.is_empty() {
+                // utoipa would write `u-int64`.
+                o.format = Some(SchemaFormat::Custom(name.to_owned()));
+                if o.maximum.is_none() {
+                    o.maximum = usize::try_from(max).ok().map(utoipa::Number::UInt);
+                }
+            }
+            o.properties.values_mut().for_each(limit);
+            if let Some(AdditionalProperties::RefOr(r)) = o.additional_properties.as_deref_mut() {
+                limit(r);
+            }
+        }
+        Schema::Array(a) => {
+            if let ArrayItems::RefOrSchema(items) = &mut a.items {
+                limit(items);
+            }
+        }
+        Schema::OneOf(x) => x.items.iter_mut().for_each(limit),
+        Schema::AllOf(x) => x.items.iter_mut().for_each(limit),
+        Schema::AnyOf(x) => x.items.iter_mut().for_each(limit),
+        _ => {}
+    }
+}
+
 /// The routes with their OpenAPI description; the one place both come from.
 fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -207,6 +313,15 @@ pub fn openapi() -> OpenApi {
     let mut doc = routes().split_for_parts().1;
     // After the split: only then does the document hold the routes' paths.
     DefaultProblem.modify(&mut doc);
+    UnsignedLimits.modify(&mut doc);
+    // Exactly one of `seq` and `time` (utoipa drops `min_properties`).
+    if let Some(utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(seek))) = doc
+        .components
+        .as_mut()
+        .and_then(|c| c.schemas.get_mut("SeekBody"))
+    {
+        seek.min_properties = Some(1);
+    }
     doc
 }
 
@@ -242,6 +357,9 @@ pub(crate) fn app(state: AppState, config: &ServerConfig, edge: &EdgeLayer) -> A
         // Inside the routing: it sees the matched route's template.
         .layer(axum::middleware::from_fn(crate::metrics::track))
         .with_state(state)
+        // Inside the edge: refused origins get its request id and log line.
+        .layer(OriginLayer::new(&config.allowed_origins))
+        .layer(origin::cors(&config.allowed_origins))
         // Body extractors stop reading beyond the limit; the edge refuses
         // early what announces a larger Content-Length.
         .layer(DefaultBodyLimit::max(config.body_limit));

@@ -353,6 +353,7 @@ pub(crate) async fn seek(
 #[into_params(parameter_in = Query)]
 pub(crate) struct DeadLetterQuery {
     /// At most this many (default 100, 1 to 1000).
+    #[param(minimum = 1, maximum = 1000)]
     max: Option<usize>,
 }
 
