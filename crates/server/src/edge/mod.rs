@@ -15,8 +15,9 @@
 //!    the body limit, the timeout) become problem documents.
 //! 5. tower-http's `RequestBodyLimitLayer`: 413 before the body is read when
 //!    the announced length is over the limit, and body extractors stop at it.
-//! 6. tower-http's `TimeoutLayer`, per route group: 408 `timeout` after
-//!    `request_timeout`; pulls get their wait on top, so long polls are never cut.
+//! 6. [`timeout::TimeoutLayer`], per route group: after `request_timeout`,
+//!    408 `timeout` while the body is still arriving, else 503 `timeout`;
+//!    pulls get their wait on top, so long polls are never cut.
 //!
 //! Each is a [`tower::Layer`] an axum `Router` or a sub-router takes with
 //! `.layer(..)`, so a route (or a gateway in front of some routes) can have
@@ -26,17 +27,17 @@
 pub(crate) mod forwarded;
 pub(crate) mod rate_limit;
 pub(crate) mod request_id;
+pub(crate) mod timeout;
 
 use std::time::Duration;
 
 use axum::body::{Body, HttpBody};
-use axum::http::{HeaderName, StatusCode};
+use axum::http::HeaderName;
 use axum::response::Response;
 use bytes::Bytes;
 use tower::util::MapResponseLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{MakeSpan, OnResponse, TraceLayer};
 use tracing::Span;
 
@@ -79,9 +80,9 @@ pub(crate) fn request_log_layer() -> RequestLogLayer {
         .on_failure(())
 }
 
-/// 408 `timeout` after `limit`.
-pub(crate) fn timeout_layer(limit: Duration) -> TimeoutLayer {
-    TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limit)
+/// 408 or 503 `timeout` after `limit`.
+pub(crate) fn timeout_layer(limit: Duration) -> timeout::TimeoutLayer {
+    timeout::TimeoutLayer::new(limit)
 }
 
 /// 413 `body_too_large` over `limit` bytes: at once for an announced length,
