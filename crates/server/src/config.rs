@@ -134,11 +134,15 @@ impl IpNet {
         let ip = ip.to_canonical();
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 net.to_bits() & mask == ip.to_bits() & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 net.to_bits() & mask == ip.to_bits() & mask
             }
             _ => false,
@@ -495,7 +499,10 @@ mod tests {
         assert!(!v6.contains("10.0.0.1".parse().unwrap()));
         for bad in ["'10.0.0.0/33'", "'proxy.local'", "'::/129'"] {
             let doc = format!("[server]\ntrusted_proxies = [{bad}]");
-            assert!(Config::from_toml(&doc, Path::new("x.toml")).is_err(), "{bad}");
+            assert!(
+                Config::from_toml(&doc, Path::new("x.toml")).is_err(),
+                "{bad}"
+            );
         }
         let mut c = Config::default();
         c.apply_env(env(&[("COURIER_TRUSTED_PROXIES", "10.0.0.1, fd00::/8")]))

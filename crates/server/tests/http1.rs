@@ -282,7 +282,12 @@ async fn malformed_framing_gets_the_same_answer_on_every_route() {
     let many_headers: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
     // (what, head lines, body, the status hyper gives)
     let cases: Vec<(&str, String, &str, Option<u16>)> = vec![
-        ("signed length", "Content-Length: +3\r\n".into(), "{} ", Some(400)),
+        (
+            "signed length",
+            "Content-Length: +3\r\n".into(),
+            "{} ",
+            Some(400),
+        ),
         (
             "duplicated identical lengths",
             "Content-Length: 3\r\nContent-Length: 3\r\n".into(),
@@ -321,7 +326,10 @@ async fn malformed_framing_gets_the_same_answer_on_every_route() {
             framing(&server, "PUT", &format!("/v1/topics/x{i}"), head, body).await;
         let (ack, mut ack_conn) =
             framing(&server, "POST", "/v1/subscriptions/nope/ack", head, body).await;
-        assert_eq!(publish, create, "{what}: publish {publish}, create {create}");
+        assert_eq!(
+            publish, create,
+            "{what}: publish {publish}, create {create}"
+        );
         match expected {
             Some(status) => {
                 assert_eq!((publish, ack), (*status, *status), "{what}");
@@ -351,7 +359,12 @@ async fn the_stack_applies_to_publish_batch_pull_and_ack() {
     let url = |path: &str| format!("{}{path}", server.url);
     let id = |r: &reqwest::Response| r.headers()["x-request-id"].to_str().unwrap().to_owned();
 
-    let single = http.post(url("/v1/topics/t/messages")).body("one").send().await.unwrap();
+    let single = http
+        .post(url("/v1/topics/t/messages"))
+        .body("one")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(single.status(), 201);
     let batch = http
         .post(url("/v1/topics/t/messages/batch"))

@@ -326,12 +326,18 @@ fn is_ulid(id: &str) -> bool {
 async fn request_ids_differ_across_restarts() {
     let server = TestServer::start().await;
     let http = reqwest::Client::new();
-    let id = |r: reqwest::Response| {
-        r.headers()["x-request-id"].to_str().unwrap().to_owned()
-    };
-    let before = id(http.get(format!("{}/v1/topics", server.url)).send().await.unwrap());
+    let id = |r: reqwest::Response| r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let before = id(http
+        .get(format!("{}/v1/topics", server.url))
+        .send()
+        .await
+        .unwrap());
     let mut server = server.restart().await;
-    let after = id(http.get(format!("{}/v1/topics", server.url)).send().await.unwrap());
+    let after = id(http
+        .get(format!("{}/v1/topics", server.url))
+        .send()
+        .await
+        .unwrap());
     assert!(is_ulid(&before) && is_ulid(&after), "{before} {after}");
     assert_ne!(before, after);
     server.stop().await;

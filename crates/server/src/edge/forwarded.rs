@@ -122,7 +122,10 @@ mod tests {
         assert_eq!(client_ip(peer, &h, &trusted), ip("203.0.113.9"));
         // Forwarded wins over X-Forwarded-For; ports, quotes and brackets.
         let h = headers(&[
-            ("forwarded", r#"for="[2001:db8::1]:4711";proto=https, for=192.0.2.7:80"#),
+            (
+                "forwarded",
+                r#"for="[2001:db8::1]:4711";proto=https, for=192.0.2.7:80"#,
+            ),
             ("x-forwarded-for", "198.51.100.1"),
         ]);
         assert_eq!(client_ip(peer, &h, &trusted), ip("2001:db8::1"));

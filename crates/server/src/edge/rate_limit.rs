@@ -24,11 +24,11 @@ use std::time::Duration;
 use axum::extract::ConnectInfo;
 use axum::http::Request;
 use axum::response::{IntoResponse, Response};
+use futures_util::future::Either;
 use governor::clock::{Clock, DefaultClock};
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use tokio_util::sync::CancellationToken;
-use futures_util::future::Either;
 use tower::{Layer, Service};
 
 use crate::config::{IpNet, ServerConfig};
@@ -62,7 +62,11 @@ impl RateLimit {
 
     /// Counts one request from `peer`, or from the client a trusted proxy
     /// names in the request's headers.
-    pub(crate) fn check_request<B>(&self, peer: IpAddr, request: &Request<B>) -> Result<(), Duration> {
+    pub(crate) fn check_request<B>(
+        &self,
+        peer: IpAddr,
+        request: &Request<B>,
+    ) -> Result<(), Duration> {
         let client = super::forwarded::client_ip(peer, request.headers(), &self.trusted_proxies);
         self.check(client)
     }
