@@ -3,7 +3,7 @@
 //! environment variables, command-line flags (applied by the binary), then
 //! [`Config::validate`].
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -103,6 +103,10 @@ pub struct ServerConfig {
     /// `origin_not_allowed`; same-origin requests and requests without an
     /// `Origin` header (curl, SDKs) always pass. Empty by default.
     pub allowed_origins: Vec<String>,
+    /// Proxies (addresses or CIDR blocks) whose `Forwarded` / `X-Forwarded-For`
+    /// header names the client: requests from them are rate limited by the
+    /// address they forward. Empty: every client is its own connection's peer.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 impl Default for ServerConfig {
@@ -119,7 +123,81 @@ impl Default for ServerConfig {
             rate_limit: 0,
             rate_burst: 0,
             allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
+    }
+}
+
+/// An IP address or a CIDR block (`10.0.0.0/8`, `2001:db8::/32`, `192.0.2.7`).
+/// IPv4-mapped IPv6 addresses match as their IPv4 address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                net.to_bits() & mask == ip.to_bits() & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                net.to_bits() & mask == ip.to_bits() & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for IpNet {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{s}' is not an IP address or CIDR block"))?;
+        let addr = addr.to_canonical();
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => match p.trim().parse::<u8>() {
+                Ok(p) if p <= max => p,
+                _ => return Err(format!("'{s}': the prefix length must be 0 to {max}")),
+            },
+        };
+        Ok(Self { addr, prefix })
+    }
+}
+
+impl std::fmt::Display for IpNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl Serialize for IpNet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for IpNet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -222,6 +300,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "server.rate_limit (requests/s per client, 0 = off)",
     ),
     ("COURIER_RATE_BURST", "server.rate_burst"),
+    (
+        "COURIER_TRUSTED_PROXIES",
+        "server.trusted_proxies (comma-separated addresses or CIDR blocks)",
+    ),
     ("COURIER_DATA_DIR", "engine.embedded.data_dir"),
     ("COURIER_FSYNC", "engine.embedded.fsync"),
     ("COURIER_LOG_FORMAT", "log.format"),
@@ -288,6 +370,13 @@ impl Config {
                 "COURIER_MAX_PULL_WAIT" => self.server.max_pull_wait = ms(var, &value)?,
                 "COURIER_RATE_LIMIT" => self.server.rate_limit = parse(var, &value)?,
                 "COURIER_RATE_BURST" => self.server.rate_burst = parse(var, &value)?,
+                "COURIER_TRUSTED_PROXIES" => {
+                    self.server.trusted_proxies = value
+                        .split(',')
+                        .filter(|p| !p.trim().is_empty())
+                        .map(|p| parse(var, p))
+                        .collect::<Result<_, _>>()?
+                }
                 "COURIER_DATA_DIR" => self.engine.set_embedded("data_dir", value),
                 "COURIER_FSYNC" => self
                     .engine
@@ -404,6 +493,36 @@ mod tests {
         let c = Config::from_toml("", Path::new("x.toml")).unwrap();
         assert_eq!(c, Config::default());
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_blocks() {
+        let c = Config::from_toml(
+            "[server]\ntrusted_proxies = ['10.0.0.0/8', '192.0.2.7', '2001:db8::/32']",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        let [block, one, v6] = c.server.trusted_proxies[..] else {
+            panic!("three entries");
+        };
+        assert!(block.contains("10.200.0.1".parse().unwrap()));
+        assert!(block.contains("::ffff:10.0.0.1".parse().unwrap()));
+        assert!(!block.contains("11.0.0.1".parse().unwrap()));
+        assert!(one.contains("192.0.2.7".parse().unwrap()));
+        assert!(!one.contains("192.0.2.8".parse().unwrap()));
+        assert!(v6.contains("2001:db8:ffff::1".parse().unwrap()));
+        assert!(!v6.contains("10.0.0.1".parse().unwrap()));
+        for bad in ["'10.0.0.0/33'", "'proxy.local'", "'::/129'"] {
+            let doc = format!("[server]\ntrusted_proxies = [{bad}]");
+            assert!(
+                Config::from_toml(&doc, Path::new("x.toml")).is_err(),
+                "{bad}"
+            );
+        }
+        let mut c = Config::default();
+        c.apply_env(env(&[("COURIER_TRUSTED_PROXIES", "10.0.0.1, fd00::/8")]))
+            .unwrap();
+        assert_eq!(c.server.trusted_proxies.len(), 2);
     }
 
     #[test]

@@ -7,12 +7,14 @@
 //!   and from HTTP (single publish headers, CloudEvents).
 //! - `extract` / `error`: request parsing and RFC 9457 problem answers;
 //!   `bounds`: the largest times and durations a request may carry.
-//! - `edge`: what every request passes first (request id, rate limit,
-//!   timeout, problem answers for bare errors, request log).
+//! - `edge`: the tower layers every request passes first (request id,
+//!   request log, rate limit, problem answers for bare errors, body limit,
+//!   timeout); `edge::rate_limit` and `edge::forwarded`: per-client limits,
+//!   behind trusted proxies too.
+//! - `server`: the connection loop (hyper for every request) and the
+//!   shutdown sequence.
 //! - `metrics`: `GET /metrics` (Prometheus text format) and the request metrics.
 //! - `origin`: browser safety (cross-origin state changes refused, CORS).
-//! - `rate_limit`: per-client request limits (429 `rate_limited`).
-//! - `server`: the connection loop and the shutdown sequence.
 
 #![forbid(unsafe_code)]
 
@@ -22,14 +24,12 @@ pub mod config;
 mod edge;
 pub mod error;
 mod extract;
-mod fast_publish;
 mod metrics;
 mod origin;
-mod rate_limit;
 mod server;
 mod telemetry;
 
 pub use api::{openapi, openapi_json};
-pub use config::{Config, ConfigError, EngineConfig, EngineKind};
+pub use config::{Config, ConfigError, EngineConfig, EngineKind, IpNet};
 pub use server::{run, shutdown_signal, ServerError};
 pub use telemetry::init_tracing;

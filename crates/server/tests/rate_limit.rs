@@ -166,3 +166,58 @@ async fn no_limit_by_default() {
     }
     server.stop().await;
 }
+
+/// Behind a trusted proxy, each forwarded client has its own bucket; a
+/// forwarded address from a peer that is not trusted is ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_clients_are_believed_only_from_trusted_proxies() {
+    let mut server = TestServer::start_with(|c| {
+        c.server.rate_limit = 1;
+        c.server.rate_burst = 1;
+        c.server.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    })
+    .await;
+    let topics = format!("{}/v1/topics", server.url);
+    let http = reqwest::Client::new();
+    let from = |client: &'static str| {
+        http.get(&topics)
+            .header("x-forwarded-for", format!("198.51.100.99, {client}"))
+    };
+    // 203.0.113.1 uses its one request; 203.0.113.2 still has its own.
+    assert_eq!(from("203.0.113.1").send().await.unwrap().status(), 200);
+    assert_rate_limited(from("203.0.113.1").send().await.unwrap()).await;
+    assert_eq!(from("203.0.113.2").send().await.unwrap().status(), 200);
+    // RFC 7239 Forwarded, too.
+    let forwarded = http
+        .get(&topics)
+        .header("forwarded", "for=\"[2001:db8::7]:1234\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forwarded.status(), 200);
+    server.stop().await;
+
+    // Not trusted: the header is ignored, every request is the peer's.
+    let mut server = TestServer::start_with(|c| {
+        c.server.rate_limit = 1;
+        c.server.rate_burst = 1;
+        c.server.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
+    })
+    .await;
+    let topics = format!("{}/v1/topics", server.url);
+    let first = http
+        .get(&topics)
+        .header("x-forwarded-for", "203.0.113.1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    let second = http
+        .get(&topics)
+        .header("x-forwarded-for", "203.0.113.2")
+        .send()
+        .await
+        .unwrap();
+    assert_rate_limited(second).await;
+    server.stop().await;
+}

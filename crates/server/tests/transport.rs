@@ -297,6 +297,48 @@ async fn request_ids_are_echoed_or_assigned() {
     assert_eq!(missing.status(), 404);
     let (a, b) = (id_of(&first).unwrap(), id_of(&missing).unwrap());
     assert_ne!(a, b);
-    assert!(a.parse::<u64>().is_ok(), "{a}");
+    assert!(is_ulid(&a) && is_ulid(&b), "{a} {b}");
+    // An id that is not sane (too long, or with spaces) is replaced.
+    for insane in ["x".repeat(129), "two words".into()] {
+        let r = http
+            .get(format!("{}/v1/topics", server.url))
+            .header("x-request-id", &insane)
+            .send()
+            .await
+            .unwrap();
+        let id = id_of(&r).unwrap();
+        assert!(is_ulid(&id), "{insane:?} gave {id}");
+    }
+    server.stop().await;
+}
+
+/// A request id as the server makes them: a ULID (26 Crockford base32 characters).
+fn is_ulid(id: &str) -> bool {
+    id.len() == 26
+        && id
+            .chars()
+            .all(|c| c.is_ascii_digit() || (c.is_ascii_uppercase() && !"ILOU".contains(c)))
+}
+
+/// Ids are not a counter that starts over: after a restart on the same data,
+/// the server hands out ids it never handed out before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_differ_across_restarts() {
+    let server = TestServer::start().await;
+    let http = reqwest::Client::new();
+    let id = |r: reqwest::Response| r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let before = id(http
+        .get(format!("{}/v1/topics", server.url))
+        .send()
+        .await
+        .unwrap());
+    let mut server = server.restart().await;
+    let after = id(http
+        .get(format!("{}/v1/topics", server.url))
+        .send()
+        .await
+        .unwrap());
+    assert!(is_ulid(&before) && is_ulid(&after), "{before} {after}");
+    assert_ne!(before, after);
     server.stop().await;
 }

@@ -61,7 +61,7 @@ pub(crate) fn detach(body: Bytes) -> Bytes {
     }
 }
 
-/// Publishes one message; shared with the HTTP/1.1 fast path ([`crate::fast_publish`]).
+/// Publishes one message.
 pub(crate) async fn publish_one(
     s: &AppState,
     topic: &str,

@@ -1,5 +1,5 @@
 //! The HTTP/JSON API: routes, their OpenAPI description, and the application
-//! behind the [`crate::edge`]. Handlers translate between the wire format
+//! behind the [`crate::edge`] layers. Handlers translate between the wire format
 //! (`courier_client::wire`) and the `Engine` trait and hold no broker logic.
 
 mod broker;
@@ -7,9 +7,6 @@ mod codec;
 mod messages;
 mod subscriptions;
 mod topics;
-
-pub(crate) use codec::{is_message_header, message_from_headers};
-pub(crate) use messages::{detach, publish_one};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +16,7 @@ use axum::http::StatusCode;
 use axum::Router;
 use courier_core::Engine;
 use tokio_util::sync::CancellationToken;
-use tower::Layer;
+use tower::ServiceBuilder;
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::{OpenApi, Response as OaResponse, ResponseBuilder};
@@ -28,10 +25,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::config::ServerConfig;
-use crate::edge::{Edge, EdgeConfig, EdgeLayer};
+use crate::edge::rate_limit::{self, RateLimit, RateLimitLayer};
+use crate::edge::{self as layers};
 use crate::error::{codes, ApiError};
 use crate::origin::{self, OriginLayer};
-use crate::rate_limit::{self, RateLimit};
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -278,6 +275,16 @@ fn limit(schema: &mut utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>) {
 
 /// The routes with their OpenAPI description; the one place both come from.
 fn routes() -> OpenApiRouter<AppState> {
+    quick_routes().merge(pull_routes())
+}
+
+/// Long polls: their wait comes on top of the request timeout.
+fn pull_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(subscriptions::pull))
+}
+
+/// Every route but the long polls.
+fn quick_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(topics::list_topics))
         .routes(routes!(
@@ -294,7 +301,6 @@ fn routes() -> OpenApiRouter<AppState> {
             subscriptions::update_subscription,
             subscriptions::delete_subscription
         ))
-        .routes(routes!(subscriptions::pull))
         .routes(routes!(subscriptions::ack))
         .routes(routes!(subscriptions::nack))
         .routes(routes!(subscriptions::extend))
@@ -334,22 +340,26 @@ pub fn openapi_json() -> String {
     json
 }
 
-/// The settings of the [`Edge`](crate::edge) every request passes.
-pub(crate) fn edge(config: &ServerConfig, rate_limit: Option<Arc<RateLimit>>) -> EdgeLayer {
-    EdgeLayer::new(EdgeConfig {
-        request_timeout: config.request_timeout,
-        pull_timeout: config.request_timeout + config.max_pull_wait,
-        body_limit: config.body_limit,
-        rate_limit,
-    })
-}
-
-/// The whole HTTP application: the routes behind the [`Edge`](crate::edge)
-/// and the body limit. With a rate limit, requests need the peer's
-/// `ConnectInfo<SocketAddr>` extension, which the connection loop adds.
-pub(crate) fn app(state: AppState, config: &ServerConfig, edge: &EdgeLayer) -> App {
-    let (router, _) = routes().split_for_parts();
-    let router = router
+/// The whole HTTP application: the routes behind the [`crate::edge`]
+/// layers, in the order that module gives. With a rate limit, requests need
+/// the peer's `ConnectInfo<SocketAddr>` extension, which the connection loop adds.
+pub(crate) fn app(
+    state: AppState,
+    config: &ServerConfig,
+    rate_limit: Option<Arc<RateLimit>>,
+) -> Router {
+    let quick = quick_routes()
+        .split_for_parts()
+        .0
+        .layer(layers::timeout_layer(config.request_timeout));
+    let pulls = pull_routes()
+        .split_for_parts()
+        .0
+        .layer(layers::timeout_layer(
+            config.request_timeout + config.max_pull_wait,
+        ));
+    let routes = quick
+        .merge(pulls)
         .route("/metrics", axum::routing::get(crate::metrics::scrape))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, codes::NOT_FOUND, "no such route")
@@ -357,15 +367,20 @@ pub(crate) fn app(state: AppState, config: &ServerConfig, edge: &EdgeLayer) -> A
         // Inside the routing: it sees the matched route's template.
         .layer(axum::middleware::from_fn(crate::metrics::track))
         .with_state(state)
-        // Inside the edge: refused origins get its request id and log line.
+        // Inside the edge layers: a refused origin gets a request id and a log line.
         .layer(OriginLayer::new(&config.allowed_origins))
         .layer(origin::cors(&config.allowed_origins))
-        // Body extractors stop reading beyond the limit; the edge refuses
-        // early what announces a larger Content-Length.
-        .layer(DefaultBodyLimit::max(config.body_limit));
-    // Around the router as a whole, not per route: one pass per request.
-    edge.layer(router)
+        // The body limit layer is the one limit; axum's default would add its own.
+        .layer(DefaultBodyLimit::disable());
+    let (sane_id, set_id, propagate_id) = layers::request_id_layers();
+    routes.layer(
+        ServiceBuilder::new()
+            .layer(sane_id)
+            .layer(set_id)
+            .layer(propagate_id)
+            .layer(layers::request_log_layer())
+            .option_layer(rate_limit.map(RateLimitLayer::new))
+            .layer(layers::problem_layer())
+            .layer(layers::body_limit_layer(config.body_limit)),
+    )
 }
-
-/// The service [`app`] builds.
-pub(crate) type App = Edge<Router>;

@@ -1,5 +1,9 @@
 //! Per-client rate limiting: a GCRA limiter (the `governor` crate) keyed by the
-//! client's address, in front of every route except the health probes.
+//! client's address, as a tower layer ([`RateLimitLayer`]) in front of every
+//! route except the health probes.
+//!
+//! The client's address is the connection's peer, or, when the peer is one
+//! of `server.trusted_proxies`, the address it forwards ([`super::forwarded`]).
 //!
 //! A client is its IP address, except that IPv6 clients are keyed by their /64,
 //! the block one host or site usually gets: otherwise a single client could
@@ -11,28 +15,38 @@
 //! drops those every [`SWEEP_INTERVAL`], so the table holds the clients seen in
 //! the last `burst / rate` seconds plus one interval, not every client ever seen.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::future::{ready, Ready};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::extract::ConnectInfo;
+use axum::http::Request;
+use axum::response::{IntoResponse, Response};
+use futures_util::future::Either;
 use governor::clock::{Clock, DefaultClock};
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use tokio_util::sync::CancellationToken;
+use tower::{Layer, Service};
 
-use crate::config::ServerConfig;
+use crate::config::{IpNet, ServerConfig};
+use crate::error::ApiError;
 
 /// How often keys whose bucket has refilled are dropped.
 pub(crate) const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Routes never limited: probes must keep answering while clients are throttled.
-pub(crate) const EXEMPT: &[&str] = &["/healthz", "/readyz"];
+/// Routes never limited: probes and scrapes must keep answering while clients are throttled.
+pub(crate) const EXEMPT: &[&str] = &["/healthz", "/readyz", "/metrics"];
 
 type Limiter = RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock>;
 
 /// The limiter shared by every connection.
 pub(crate) struct RateLimit {
     limiter: Limiter,
+    /// Peers whose forwarded client address is believed.
+    trusted_proxies: Vec<IpNet>,
 }
 
 impl RateLimit {
@@ -42,7 +56,19 @@ impl RateLimit {
         let quota = Quota::per_second(rate).allow_burst(burst);
         Some(Arc::new(Self {
             limiter: RateLimiter::keyed(quota),
+            trusted_proxies: config.trusted_proxies.clone(),
         }))
+    }
+
+    /// Counts one request from `peer`, or from the client a trusted proxy
+    /// names in the request's headers.
+    pub(crate) fn check_request<B>(
+        &self,
+        peer: IpAddr,
+        request: &Request<B>,
+    ) -> Result<(), Duration> {
+        let client = super::forwarded::client_ip(peer, request.headers(), &self.trusted_proxies);
+        self.check(client)
     }
 
     /// Counts one request of `client`; `Err` holds how long until one would be allowed.
@@ -76,6 +102,61 @@ impl RateLimit {
                 }
             }
         }
+    }
+}
+
+/// Refuses requests over the limit with 429 `rate_limited` and `Retry-After`.
+/// Requests need the peer's `ConnectInfo<SocketAddr>` extension (the
+/// connection loop adds it); those without one are not counted.
+#[derive(Clone)]
+pub(crate) struct RateLimitLayer {
+    limit: Arc<RateLimit>,
+}
+
+impl RateLimitLayer {
+    pub(crate) fn new(limit: Arc<RateLimit>) -> Self {
+        Self { limit }
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimited<S>;
+    fn layer(&self, inner: S) -> RateLimited<S> {
+        RateLimited {
+            inner,
+            limit: self.limit.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct RateLimited<S> {
+    inner: S,
+    limit: Arc<RateLimit>,
+}
+
+impl<S, B> Service<Request<B>> for RateLimited<S>
+where
+    S: Service<Request<B>, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Either<S::Future, Ready<Result<Response, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        if !EXEMPT.contains(&request.uri().path()) {
+            let peer = request.extensions().get::<ConnectInfo<SocketAddr>>();
+            if let Some(&ConnectInfo(peer)) = peer {
+                if let Err(wait) = self.limit.check_request(peer.ip(), &request) {
+                    return Either::Right(ready(Ok(ApiError::rate_limited(wait).into_response())));
+                }
+            }
+        }
+        Either::Left(self.inner.call(request))
     }
 }
 

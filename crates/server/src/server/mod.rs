@@ -1,33 +1,31 @@
 //! The connection loop: HTTP/1.1 and HTTP/2 cleartext (prior knowledge) on one
-//! port, a header-read deadline for slow clients, a cap on open connections,
-//! per-client rate limits, and graceful shutdown. Each connection starts on
-//! the [`crate::fast_publish`] path and moves to hyper at its first request
-//! that is not a single publish.
+//! port, all parsed by hyper and answered by one tower stack (the
+//! [`crate::edge`] layers around the routes); a header-read deadline for slow
+//! clients, a cap on open connections, and graceful shutdown.
 //!
-//! Shutdown order: stop accepting; tell waiting pulls to give up; let every
-//! in-flight request finish (bounded by `shutdown_timeout`); then
-//! `Engine::shutdown`, which flushes and fsyncs. Whatever was acknowledged to a
-//! client was durable before the acknowledgement, so nothing acknowledged is lost.
+//! Shutdown order: stop accepting; tell waiting pulls to give up; close every
+//! connection with no request in flight at once (idle keep-alive ones, and
+//! ones that sent only part of a request head: they would otherwise hold the
+//! exit up until `header_read_timeout`); let every in-flight request finish
+//! (bounded by `shutdown_timeout`); then `Engine::shutdown`, which flushes and
+//! fsyncs. Whatever was acknowledged to a client was durable before the
+//! acknowledgement, so nothing acknowledged is lost.
+
+mod connection;
 
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::extract::ConnectInfo;
 use courier_core::{Engine, Error as EngineError};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
-use crate::fast_publish::{FastPublish, Rewind, Served};
-use crate::rate_limit::RateLimit;
+use crate::edge::rate_limit::RateLimit;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -60,22 +58,13 @@ pub async fn run(
     if let Some(limit) = &rate_limit {
         tokio::spawn(limit.clone().sweep(state.draining.clone()));
     }
-    let edge = api::edge(&config.server, rate_limit);
-    let app = api::app(state.clone(), &config.server, &edge);
-    let fast = Arc::new(FastPublish::new(
-        state.clone(),
-        edge,
-        config.server.header_read_timeout,
-    ));
+    let app = api::app(state.clone(), &config.server, rate_limit);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(config.server.header_read_timeout);
     builder.http2().timer(TokioTimer::new());
-    let graceful = GracefulShutdown::new();
-    // Every connection task, also those still on the fast path, which
-    // `graceful` does not see.
     let tasks = TaskTracker::new();
     let connections = Arc::new(Semaphore::new(config.server.max_connections));
 
@@ -103,29 +92,15 @@ pub async fn run(
             },
         };
         let _ = stream.set_nodelay(true);
-        let (fast, app, builder, watcher) = (
-            fast.clone(),
-            app.clone(),
-            builder.clone(),
-            graceful.watcher(),
-        );
+        let connection = connection::Connection {
+            stream,
+            peer,
+            app: app.clone(),
+            draining: state.draining.clone(),
+        };
+        let builder = builder.clone();
         tasks.spawn(async move {
-            // Publishes first; hyper takes over at the first other request.
-            if let Served::Handoff(stream, read) = fast.serve(stream, peer).await {
-                // The peer address, for the rate limiter and anything else that asks.
-                let service = TowerToHyperService::new(app.map_request(
-                    move |request: axum::extract::Request<Incoming>| {
-                        let mut request = request.map(axum::body::Body::new);
-                        request.extensions_mut().insert(ConnectInfo(peer));
-                        request
-                    },
-                ));
-                let io = TokioIo::new(Rewind::new(read, stream));
-                let connection = builder.serve_connection(io, service).into_owned();
-                if let Err(e) = watcher.watch(connection).await {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
-            }
+            connection.serve(&builder).await;
             drop(permit);
         });
     }
@@ -135,11 +110,7 @@ pub async fn run(
     state.draining.cancel();
     let grace = config.server.shutdown_timeout;
     tasks.close();
-    let drained = async {
-        graceful.shutdown().await;
-        tasks.wait().await;
-    };
-    if tokio::time::timeout(grace, drained).await.is_err() {
+    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
         tracing::warn!(
             grace_ms = grace.as_millis() as u64,
             "in-flight requests still running after the shutdown timeout; closing anyway"
