@@ -340,10 +340,9 @@ async fn preflight_answers_allowed_origins() {
     server.stop().await;
 }
 
-/// The hand-written publish path serves HTTP/1.1 publishes without
-/// `Connection`; a cross-origin one must be refused there too.
+/// A plain HTTP/1.1 publish without `Connection` (the shape a hand-written
+/// fast path would take) passes the same layers: refused cross-origin.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the fast publish path does not hand requests with Origin to the router yet"]
 async fn cross_origin_publish_without_keep_alive_is_refused() {
     let mut server = TestServer::start().await;
     setup(&server, 0).await;

@@ -143,5 +143,15 @@ where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
 {
-    problem_for_bare_errors(response.map(Body::new))
+    let mut response = problem_for_bare_errors(response.map(Body::new));
+    if response.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        // The rest of the body was never read, so the connection cannot
+        // carry another request: say so, or a client reuses it and loses its
+        // next request to the close (hyper drops the header on HTTP/2).
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }
