@@ -1,4 +1,5 @@
-//! A typed async client for Courier's HTTP API, and the API's wire format.
+//! A typed async client for Courier's HTTP API. [`wire`] is the `courier-api`
+//! crate: the request and response types the server shares with this client.
 //!
 //! ```no_run
 //! # async fn demo() -> courier_client::Result<()> {
@@ -11,12 +12,10 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Without the default `http` feature only [`wire`] is built: the request and
-//! response types the server shares with this client.
 
 #![forbid(unsafe_code)]
 
-pub mod wire;
+pub use courier_api as wire;
 
 #[cfg(feature = "http")]
 mod client;

@@ -11,40 +11,10 @@ use std::time::Duration;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use courier_client::wire::{Problem, PROBLEM_JSON};
+use courier_api::{Problem, PROBLEM_JSON};
 use courier_core::ErrorKind;
 
-/// Stable codes of errors found before the engine is asked.
-pub mod codes {
-    pub const MALFORMED_JSON: &str = "malformed_json";
-    pub const UNKNOWN_FIELD: &str = "unknown_field";
-    pub const INVALID_FIELD: &str = "invalid_field";
-    pub const INVALID_QUERY: &str = "invalid_query";
-    pub const INVALID_HEADER: &str = "invalid_header";
-    pub const TOO_MANY_HEADERS: &str = "too_many_headers";
-    pub const BODY_TOO_LARGE: &str = "body_too_large";
-    pub const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported_media_type";
-    /// 403: a state-changing request from a web page of an origin that is not
-    /// this server's and not in `server.allowed_origins`.
-    pub const ORIGIN_NOT_ALLOWED: &str = "origin_not_allowed";
-    pub const NOT_FOUND: &str = "not_found";
-    pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
-    pub const TIMEOUT: &str = "timeout";
-    /// A 429 from something other than the rate limiter (kept for compatibility).
-    pub const TOO_MANY_REQUESTS: &str = "too_many_requests";
-    /// The client went over `server.rate_limit`; `Retry-After` says when to come back.
-    pub const RATE_LIMITED: &str = "rate_limited";
-    pub const INTERNAL: &str = "internal_error";
-
-    // Engine codes (`courier_core::Error::code`) with an HTTP status of their own.
-
-    /// 501: the engine lacks a feature the request needs (`GET /v1/capabilities`
-    /// lists what it has). Not retryable.
-    pub const UNSUPPORTED_BY_ENGINE: &str = "unsupported_by_engine";
-    /// 503 with `Retry-After`: the engine's backend (a NATS or Redis server)
-    /// cannot be reached for now.
-    pub const ENGINE_UNAVAILABLE: &str = "engine_unavailable";
-}
+pub use courier_api::codes;
 
 /// An error on its way to becoming a problem document.
 #[derive(Debug, Clone)]

@@ -35,13 +35,13 @@ macro_rules! body_schemas {
 }
 
 body_schemas! {
-    courier_client::wire::PublishBatch => "PublishBatch",
-    courier_client::wire::PullBody => "PullBody",
-    courier_client::wire::AckBody => "AckBody",
-    courier_client::wire::NackBody => "NackBody",
-    courier_client::wire::ExtendBody => "ExtendBody",
-    courier_client::wire::SeekBody => "SeekBody",
-    courier_client::wire::ReplayBody => "ReplayBody",
+    courier_api::PublishBatch => "PublishBatch",
+    courier_api::PullBody => "PullBody",
+    courier_api::AckBody => "AckBody",
+    courier_api::NackBody => "NackBody",
+    courier_api::ExtendBody => "ExtendBody",
+    courier_api::SeekBody => "SeekBody",
+    courier_api::ReplayBody => "ReplayBody",
     courier_core::TopicConfig => "TopicConfig",
     courier_core::SubscriptionConfig => "SubscriptionConfig",
     courier_core::SubscriptionUpdate => "SubscriptionUpdate",

@@ -2,7 +2,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use courier_client::wire::{schema, Health, Problem};
+use courier_api::{schema, Health, Problem};
 use courier_core::{Capabilities, Stats};
 
 use super::AppState;

@@ -8,9 +8,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use courier_client::wire::{
-    decode_body, headers as h, PublishMessage, Timestamp, CLOUDEVENTS_JSON,
-};
+use courier_api::{decode_body, headers as h, PublishMessage, Timestamp, CLOUDEVENTS_JSON};
 use courier_core::{Delivery, Headers, Millis, NewMessage};
 
 use crate::bounds;

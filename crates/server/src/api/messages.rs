@@ -2,7 +2,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use bytes::Bytes;
-use courier_client::wire::{schema, MessageList, Problem, PublishBatch, PublishBatchResponse};
+use courier_api::{schema, MessageList, Problem, PublishBatch, PublishBatchResponse};
 use courier_core::{NewMessage, PublishReceipt, Seq};
 use serde::Deserialize;
 

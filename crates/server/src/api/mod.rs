@@ -1,6 +1,6 @@
 //! The HTTP/JSON API: routes, their OpenAPI description, and the application
 //! behind the [`crate::edge`] layers. Handlers translate between the wire format
-//! (`courier_client::wire`) and the `Engine` trait and hold no broker logic.
+//! (`courier_api`) and the `Engine` trait and hold no broker logic.
 
 mod broker;
 mod codec;
@@ -77,9 +77,9 @@ impl AppState {
         (name = "broker", description = "Health, statistics and this document"),
     ),
     components(schemas(
-        courier_client::wire::schema::StartPosition,
-        courier_client::wire::schema::RetryPolicy,
-        courier_client::wire::schema::Retention,
+        courier_api::schema::StartPosition,
+        courier_api::schema::RetryPolicy,
+        courier_api::schema::Retention,
     )),
 )]
 struct ApiDoc;
@@ -99,7 +99,7 @@ impl Modify for DefaultProblem {
         };
         let problem: OaResponse = ResponseBuilder::new()
             .description("An RFC 9457 problem document; `code` says what went wrong")
-            .content(courier_client::wire::PROBLEM_JSON, problem_content())
+            .content(courier_api::PROBLEM_JSON, problem_content())
             .build();
         let retry_after = HeaderBuilder::new()
             .schema(
@@ -116,7 +116,7 @@ impl Modify for DefaultProblem {
                  (`shutting_down` also answers 503.)",
             )
             .header("Retry-After", retry_after.clone())
-            .content(courier_client::wire::PROBLEM_JSON, problem_content())
+            .content(courier_api::PROBLEM_JSON, problem_content())
             .build();
         let rate_limited: OaResponse = ResponseBuilder::new()
             .description(
@@ -124,7 +124,7 @@ impl Modify for DefaultProblem {
                  server's `rate_limit`; try again after `Retry-After` seconds",
             )
             .header("Retry-After", retry_after)
-            .content(courier_client::wire::PROBLEM_JSON, problem_content())
+            .content(courier_api::PROBLEM_JSON, problem_content())
             .build();
         // Described once, referred to by every operation it applies to.
         let responses = &mut openapi

@@ -5,7 +5,7 @@ use axum::http::header::{ACCEPT, CONTENT_TYPE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use courier_client::wire::{
+use courier_api::{
     schema, write_pull_answer, AckBody, ExtendBody, MessageList, NackBody, Problem, PullBody,
     PullResponse, ReplayBody, ReplayResponse, SeekBody, SettleResponse, SubscriptionList,
     MAX_TOKENS,

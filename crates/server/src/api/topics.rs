@@ -1,7 +1,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use courier_client::wire::{schema, Problem, TopicList};
+use courier_api::{schema, Problem, TopicList};
 use courier_core::{Error as EngineError, TopicConfig, TopicInfo};
 use serde::Deserialize;
 

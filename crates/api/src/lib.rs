@@ -1,5 +1,7 @@
-//! The JSON the HTTP API speaks, shared by the server and this client so the two
-//! cannot drift apart.
+//! Courier's HTTP API as data: the JSON it speaks, its header names, its
+//! problem codes and their OpenAPI schemas (feature `openapi`). The server,
+//! the client and the transports to come share this crate, so they cannot
+//! drift apart, and the server depends on no client.
 //!
 //! Request types refuse unknown fields (a typo must not silently become a
 //! default); response types accept them, so an older client keeps working
@@ -18,6 +20,40 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "openapi")]
 use utoipa::ToSchema;
+
+/// Stable `code`s of problem documents found before the engine is asked, and
+/// the engine codes with an HTTP status of their own. The engine's other codes
+/// are `courier_core::Error::code`.
+pub mod codes {
+    pub const MALFORMED_JSON: &str = "malformed_json";
+    pub const UNKNOWN_FIELD: &str = "unknown_field";
+    pub const INVALID_FIELD: &str = "invalid_field";
+    pub const INVALID_QUERY: &str = "invalid_query";
+    pub const INVALID_HEADER: &str = "invalid_header";
+    pub const TOO_MANY_HEADERS: &str = "too_many_headers";
+    pub const BODY_TOO_LARGE: &str = "body_too_large";
+    pub const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported_media_type";
+    /// 403: a state-changing request from a web page of an origin that is not
+    /// this server's and not in `server.allowed_origins`.
+    pub const ORIGIN_NOT_ALLOWED: &str = "origin_not_allowed";
+    pub const NOT_FOUND: &str = "not_found";
+    pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
+    pub const TIMEOUT: &str = "timeout";
+    /// A 429 from something other than the rate limiter (kept for compatibility).
+    pub const TOO_MANY_REQUESTS: &str = "too_many_requests";
+    /// The client went over `server.rate_limit`; `Retry-After` says when to come back.
+    pub const RATE_LIMITED: &str = "rate_limited";
+    pub const INTERNAL: &str = "internal_error";
+
+    // Engine codes (`courier_core::Error::code`) with an HTTP status of their own.
+
+    /// 501: the engine lacks a feature the request needs (`GET /v1/capabilities`
+    /// lists what it has). Not retryable.
+    pub const UNSUPPORTED_BY_ENGINE: &str = "unsupported_by_engine";
+    /// 503 with `Retry-After`: the engine's backend (a NATS or Redis server)
+    /// cannot be reached for now.
+    pub const ENGINE_UNAVAILABLE: &str = "engine_unavailable";
+}
 
 /// Media type of every error answer (RFC 9457).
 pub const PROBLEM_JSON: &str = "application/problem+json";
