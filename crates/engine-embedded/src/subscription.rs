@@ -407,18 +407,26 @@ impl Subscription {
         (outcomes, seqs)
     }
 
+    /// Checks `tokens`, lets `act` turn the messages they hold into an event,
+    /// and journals it. Returns each token's outcome and how many acted.
+    fn settle(
+        &self,
+        tokens: &[LeaseToken],
+        act: impl FnOnce(&mut SubState, &[Seq], u64) -> Option<Event>,
+    ) -> (Vec<Outcome>, usize) {
+        let mut st = self.state.lock();
+        let (outcomes, held) = self.check_tokens(&mut st, tokens);
+        if let Some(e) = act(&mut st, &held, self.clock.now()) {
+            self.record(&st, e);
+        }
+        (outcomes, held.len())
+    }
+
     /// Settles the messages whose current leases `tokens` name; returns once
     /// that is durable.
     pub async fn ack(&self, tokens: &[LeaseToken]) -> Result<Vec<Outcome>> {
-        let outcomes = {
-            let mut st = self.state.lock();
-            let (outcomes, held) = self.check_tokens(&mut st, tokens);
-            if let Some(e) = st.ack(&held) {
-                self.record(&st, e);
-            }
-            outcomes
-        };
-        if outcomes.iter().any(|o| o.is_ok()) {
+        let (outcomes, acked) = self.settle(tokens, |st, held, _| st.ack(held));
+        if acked > 0 {
             self.notify.notify_waiters();
             self.sync().await?;
         }
@@ -431,16 +439,9 @@ impl Subscription {
         delay: Option<Duration>,
         error: Option<String>,
     ) -> Result<Vec<Outcome>> {
-        let outcomes = {
-            let mut st = self.state.lock();
-            let (outcomes, held) = self.check_tokens(&mut st, tokens);
-            let now = self.clock.now();
-            if let Some(e) = st.nack(&held, now, delay, error, &mut rand::random::<f64>) {
-                self.record(&st, e);
-            }
-            outcomes
-        };
-        let nacked = outcomes.iter().filter(|o| o.is_ok()).count();
+        let (outcomes, nacked) = self.settle(tokens, |st, held, now| {
+            st.nack(held, now, delay, error, &mut rand::random::<f64>)
+        });
         if nacked > 0 {
             // The only settlement the state does not count; the facade is a
             // no-op unless the process installed a recorder.
@@ -454,16 +455,8 @@ impl Subscription {
     }
 
     pub async fn extend(&self, tokens: &[LeaseToken], by: Duration) -> Result<Vec<Outcome>> {
-        let outcomes = {
-            let mut st = self.state.lock();
-            let (outcomes, held) = self.check_tokens(&mut st, tokens);
-            let (event, _) = st.extend(&held, self.clock.now(), by);
-            if let Some(e) = event {
-                self.record(&st, e);
-            }
-            outcomes
-        };
-        if outcomes.iter().any(|o| o.is_ok()) {
+        let (outcomes, extended) = self.settle(tokens, |st, held, now| st.extend(held, now, by).0);
+        if extended > 0 {
             self.sync().await?;
         }
         Ok(outcomes)

@@ -60,11 +60,7 @@ impl EmbeddedEngine {
         let dlq_topic = sub.dlq_topic();
         let dlq = {
             let mut meta = self.admin.lock().await;
-            self.create_topic_locked(&mut meta, &dlq_topic, TopicConfig::default())
-                .or_else(|e| match e {
-                    Error::TopicExists(_) => self.topic_ref(&dlq_topic),
-                    e => Err(e),
-                })?
+            self.ensure_dead_letter_topic(&mut meta, &dlq_topic)?
         };
         let now = self.clock.now();
         let mut letters = Vec::with_capacity(views.len());

@@ -63,6 +63,8 @@ pub struct EmbeddedEngine {
     cancel: CancellationToken,
     tasks: TaskTracker,
     closed: AtomicBool,
+    /// Computed once: requests check against it on every call.
+    caps: Capabilities,
     me: Weak<EmbeddedEngine>,
     /// An exclusive lock on `data_dir/LOCK`, held for the engine's life: two
     /// processes writing one log would corrupt it. Released by `shutdown`.
@@ -104,6 +106,7 @@ impl EmbeddedEngine {
             tokio::task::spawn_blocking(move || recover(&cfg, &dir, recovery_clock, &token))
                 .await
                 .map_err(|e| Error::Storage(format!("recovery panicked: {e}")))??;
+        let caps = Capabilities::all("embedded", config.max_message_bytes);
         let engine = Arc::new_cyclic(|me| EmbeddedEngine {
             config,
             clock,
@@ -114,6 +117,7 @@ impl EmbeddedEngine {
             cancel,
             tasks: TaskTracker::new(),
             closed: AtomicBool::new(false),
+            caps,
             me: me.clone(),
             lock: parking_lot::Mutex::new(Some(lock)),
         });
@@ -192,6 +196,16 @@ impl EmbeddedEngine {
         }
     }
 
+    /// The dead-letter topic `name`, created with defaults when missing (one
+    /// configured by hand keeps its settings). Holds the admin lock.
+    fn ensure_dead_letter_topic(&self, meta: &mut Meta, name: &str) -> Result<Arc<Topic>> {
+        self.create_topic_locked(meta, name, TopicConfig::default())
+            .or_else(|e| match e {
+                Error::TopicExists(_) => self.topic_ref(name),
+                e => Err(e),
+            })
+    }
+
     /// Creates a topic while holding the admin lock.
     fn create_topic_locked(
         &self,
@@ -232,19 +246,14 @@ impl EmbeddedEngine {
 #[async_trait]
 impl Engine for EmbeddedEngine {
     fn capabilities(&self) -> Capabilities {
-        Capabilities::all("embedded", self.config.max_message_bytes)
+        self.caps.clone()
     }
 
     async fn tail(&self, topic: &str, from: StartPosition) -> Result<Tail> {
         self.check_open()?;
         let topic = self.topic_ref(topic)?;
-        let log = &topic.log;
-        let from = match from {
-            StartPosition::New => log.next_seq(),
-            StartPosition::Earliest => log.first_seq(),
-            StartPosition::Seq(s) => s.clamp(1, log.next_seq()),
-            StartPosition::Time(t) => log.seq_for_time(t)?,
-        };
+        // Not raised to the first retained sequence: the tail reports the gap.
+        let from = start_seq(&topic.log, from)?;
         Ok(crate::tail::follow(topic, from, self.cancel.clone()))
     }
 
@@ -262,7 +271,7 @@ impl Engine for EmbeddedEngine {
             .ok_or_else(|| Error::SubscriptionNotFound(name.to_string()))?;
         let config = update.applied_to(&current.config);
         validate_subscription(name, &config)?;
-        self.capabilities().check_subscription(&config)?;
+        self.caps.check_subscription(&config)?;
         let dlq_name = config.dead_letter_topic_for(name);
         if dlq_name == config.topic {
             return Err(Error::InvalidArgument(
@@ -272,11 +281,7 @@ impl Engine for EmbeddedEngine {
         if config == current.config {
             return Ok(sub.info());
         }
-        self.create_topic_locked(&mut meta, &dlq_name, TopicConfig::default())
-            .or_else(|e| match e {
-                Error::TopicExists(_) => self.topic_ref(&dlq_name),
-                e => Err(e),
-            })?;
+        self.ensure_dead_letter_topic(&mut meta, &dlq_name)?;
         meta.subscriptions
             .get_mut(name)
             .expect("checked above")
@@ -288,7 +293,7 @@ impl Engine for EmbeddedEngine {
 
     async fn create_topic(&self, name: &str, config: TopicConfig) -> Result<TopicInfo> {
         self.check_open()?;
-        self.capabilities().check_topic(&config)?;
+        self.caps.check_topic(&config)?;
         let mut meta = self.admin.lock().await;
         let topic = self.create_topic_locked(&mut meta, name, config)?;
         Ok(self.topic_info(&topic))
@@ -342,7 +347,7 @@ impl Engine for EmbeddedEngine {
                 messages.len()
             )));
         }
-        let caps = self.capabilities();
+        let caps = &self.caps;
         let now = self.clock.now();
         let mut messages = messages;
         for m in &mut messages {
@@ -386,7 +391,7 @@ impl Engine for EmbeddedEngine {
         self.check_open()?;
         validate_name(name)?;
         validate_subscription(name, &config)?;
-        self.capabilities().check_subscription(&config)?;
+        self.caps.check_subscription(&config)?;
         let mut meta = self.admin.lock().await;
         if let Some(existing) = meta.subscriptions.get(name) {
             return if existing.config == config {
@@ -402,18 +407,10 @@ impl Engine for EmbeddedEngine {
                 "the dead-letter topic must differ from the subscription's topic".into(),
             ));
         }
-        self.create_topic_locked(&mut meta, &dlq_name, TopicConfig::default())
-            .or_else(|e| match e {
-                Error::TopicExists(_) => self.topic_ref(&dlq_name),
-                e => Err(e),
-            })?;
+        self.ensure_dead_letter_topic(&mut meta, &dlq_name)?;
         let log = &topic.log;
-        let start_seq = match config.start {
-            StartPosition::New => log.next_seq(),
-            StartPosition::Earliest => log.first_seq(),
-            StartPosition::Seq(s) => s.clamp(log.first_seq(), log.next_seq()),
-            StartPosition::Time(t) => log.seq_for_time(t)?,
-        };
+        // What retention removed is skipped, not reported, by a subscription.
+        let start_seq = start_seq(log, config.start)?.max(log.first_seq());
         let id = meta.next_subscription_id;
         meta.next_subscription_id += 1;
         meta.subscriptions.insert(
@@ -508,12 +505,12 @@ impl Engine for EmbeddedEngine {
         }
         let sub = self.sub_ref(subscription)?;
         let ack_deadline = sub.state.lock().config().ack_deadline;
-        self.capabilities().check_extend(by, ack_deadline)?;
+        self.caps.check_extend(by, ack_deadline)?;
         sub.extend(tokens, by).await
     }
 
     async fn seek(&self, subscription: &str, target: SeekTarget) -> Result<()> {
-        self.capabilities().check_seek(&target)?;
+        self.caps.check_seek(&target)?;
         self.sub_ref(subscription)?.seek(target).await
     }
 
@@ -591,6 +588,17 @@ impl Engine for EmbeddedEngine {
         self.lock.lock().take();
         Ok(())
     }
+}
+
+/// The sequence a start position names on `log` (a sequence past the end is
+/// the end; one removed by retention is kept, for the caller to decide).
+fn start_seq(log: &TopicLog, start: StartPosition) -> Result<Seq> {
+    Ok(match start {
+        StartPosition::New => log.next_seq(),
+        StartPosition::Earliest => log.first_seq(),
+        StartPosition::Seq(s) => s.clamp(1, log.next_seq()),
+        StartPosition::Time(t) => log.seq_for_time(t)?,
+    })
 }
 
 /// The delay index's folder inside a topic's.
