@@ -24,8 +24,6 @@ pub enum Error {
     InvalidName { name: String, reason: &'static str },
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
-    #[error("message {seq} is not leased in subscription '{subscription}'")]
-    NotLeased { subscription: String, seq: u64 },
     #[error("message too large: {size} bytes, limit {limit}")]
     MessageTooLarge { size: usize, limit: usize },
     #[error("the broker is shutting down")]
@@ -70,7 +68,6 @@ impl Error {
             Error::TopicInUse { .. } => "topic_in_use",
             Error::InvalidName { .. } => "invalid_name",
             Error::InvalidArgument(_) => "invalid_argument",
-            Error::NotLeased { .. } => "not_leased",
             Error::MessageTooLarge { .. } => "message_too_large",
             Error::ShuttingDown => "shutting_down",
             Error::Unavailable(_) => "engine_unavailable",
@@ -84,10 +81,9 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::TopicNotFound(_) | Error::SubscriptionNotFound(_) => ErrorKind::NotFound,
-            Error::TopicExists(_)
-            | Error::SubscriptionExists(_)
-            | Error::TopicInUse { .. }
-            | Error::NotLeased { .. } => ErrorKind::Conflict,
+            Error::TopicExists(_) | Error::SubscriptionExists(_) | Error::TopicInUse { .. } => {
+                ErrorKind::Conflict
+            }
             Error::InvalidName { .. } | Error::InvalidArgument(_) => ErrorKind::BadRequest,
             Error::MessageTooLarge { .. } => ErrorKind::TooLarge,
             Error::ShuttingDown | Error::Unavailable(_) => ErrorKind::Unavailable,
