@@ -273,11 +273,6 @@ impl Engine for EmbeddedEngine {
         validate_subscription(name, &config)?;
         self.caps.check_subscription(&config)?;
         let dlq_name = config.dead_letter_topic_for(name);
-        if dlq_name == config.topic {
-            return Err(Error::InvalidArgument(
-                "the dead-letter topic must differ from the subscription's topic".into(),
-            ));
-        }
         if config == current.config {
             return Ok(sub.info());
         }
@@ -402,11 +397,6 @@ impl Engine for EmbeddedEngine {
         }
         let topic = self.topic_ref(&config.topic)?;
         let dlq_name = config.dead_letter_topic_for(name);
-        if dlq_name == config.topic {
-            return Err(Error::InvalidArgument(
-                "the dead-letter topic must differ from the subscription's topic".into(),
-            ));
-        }
         self.ensure_dead_letter_topic(&mut meta, &dlq_name)?;
         let log = &topic.log;
         // What retention removed is skipped, not reported, by a subscription.

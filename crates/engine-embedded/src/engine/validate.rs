@@ -47,6 +47,11 @@ pub(super) fn validate_subscription(name: &str, c: &SubscriptionConfig) -> Resul
     if let Some(dlq) = &c.dead_letter_topic {
         validate_name(dlq)?;
     }
+    if c.dead_letter_topic_for(name) == c.topic {
+        return Err(Error::InvalidArgument(
+            "the dead-letter topic must differ from the subscription's topic".into(),
+        ));
+    }
     if c.ack_deadline < Duration::from_millis(1) {
         return bad("ack_deadline must be at least 1 ms");
     }
