@@ -270,6 +270,7 @@ async fn subscription_update(
         max_in_flight_per_consumer: a.max_in_flight_per_consumer,
         retry,
         dead_letter_topic: a.dead_letter_topic,
+        push: None,
     })
 }
 

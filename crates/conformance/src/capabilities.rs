@@ -100,6 +100,16 @@ async fn probe(
                 ok(engine.extend(s, &[d.token], by).await),
             ));
         }
+        Feature::Release => {
+            publish(engine, t, &["x"]).await;
+            let d = only(pull(engine, s, "c", 1).await, "pull");
+            out.push(("a release", ok(engine.release(s, &[d.token]).await)));
+        }
+        Feature::Reject => {
+            publish(engine, t, &["x"]).await;
+            let d = only(pull(engine, s, "c", 1).await, "pull");
+            out.push(("a reject", ok(engine.reject(s, &[d.token], None).await)));
+        }
         Feature::NackDelay => {
             publish(engine, t, &["x"]).await;
             let d = only(pull(engine, s, "c", 1).await, "pull");

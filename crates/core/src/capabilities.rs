@@ -43,10 +43,14 @@ pub enum Feature {
     RetentionMaxAge,
     RetentionMaxBytes,
     RetentionMaxMessages,
+    /// Give a leased message back without spending an attempt.
+    Release,
+    /// Dead-letter a leased message at once, whatever attempts remain.
+    Reject,
 }
 
 impl Feature {
-    pub const ALL: [Feature; 14] = [
+    pub const ALL: [Feature; 16] = [
         Feature::OrderingKeys,
         Feature::DelayedDelivery,
         Feature::Dedup,
@@ -61,6 +65,8 @@ impl Feature {
         Feature::RetentionMaxAge,
         Feature::RetentionMaxBytes,
         Feature::RetentionMaxMessages,
+        Feature::Release,
+        Feature::Reject,
     ];
 
     /// How the feature is named in error messages.
@@ -80,6 +86,8 @@ impl Feature {
             Feature::RetentionMaxAge => "retention by age",
             Feature::RetentionMaxBytes => "retention by size",
             Feature::RetentionMaxMessages => "retention by message count",
+            Feature::Release => "releasing a lease without spending an attempt",
+            Feature::Reject => "dead-lettering a message at once (reject)",
         }
     }
 }

@@ -17,8 +17,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_core::Stream;
 
-use crate::capabilities::Capabilities;
-use crate::error::Result;
+use crate::capabilities::{Capabilities, Feature};
+use crate::error::{Error, Result};
 use crate::types::*;
 
 /// A topic tail: messages as they are stored, and gaps where retention was faster.
@@ -88,6 +88,32 @@ pub trait Engine: Send + Sync + 'static {
         tokens: &[LeaseToken],
         by: Duration,
     ) -> Result<Vec<Outcome>>;
+    /// Gives leased messages back without spending an attempt: the consumer
+    /// never tried them (it is shutting down, or nothing could take them).
+    /// They are deliverable again at once, in their place (ordering keys
+    /// included), with the attempt count they had before this lease.
+    async fn release(&self, subscription: &str, tokens: &[LeaseToken]) -> Result<Vec<Outcome>> {
+        let _ = (subscription, tokens);
+        Err(Error::Unsupported {
+            engine: self.capabilities().engine,
+            feature: Feature::Release,
+        })
+    }
+    /// Dead-letters leased messages at once, whatever attempts remain (the
+    /// consumer says they can never succeed). `error` is kept for the dead
+    /// letter, as for the last failed attempt.
+    async fn reject(
+        &self,
+        subscription: &str,
+        tokens: &[LeaseToken],
+        error: Option<String>,
+    ) -> Result<Vec<Outcome>> {
+        let _ = (subscription, tokens, error);
+        Err(Error::Unsupported {
+            engine: self.capabilities().engine,
+            feature: Feature::Reject,
+        })
+    }
     /// Repositions the subscription: everything before the target counts as
     /// acked, everything from it on is delivered (again).
     async fn seek(&self, subscription: &str, target: SeekTarget) -> Result<()>;

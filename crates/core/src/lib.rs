@@ -6,6 +6,7 @@ pub mod capabilities;
 pub mod clock;
 pub mod engine;
 pub mod error;
+pub mod push;
 mod retry;
 pub mod types;
 
@@ -13,4 +14,5 @@ pub use capabilities::{Capabilities, Feature};
 pub use clock::Clock;
 pub use engine::{Engine, Tail};
 pub use error::{Error, ErrorKind, Result};
+pub use push::PushConfig;
 pub use types::*;

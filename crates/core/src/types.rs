@@ -201,6 +201,10 @@ pub struct SubscriptionConfig {
     pub dead_letter_topic: Option<String>,
     /// Deliver messages of one ordering key strictly in order, one in flight per key.
     pub ordered: bool,
+    /// Courier sends the messages to a service itself (see [`PushConfig`]);
+    /// pulling from the same subscription keeps working beside it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub push: Option<crate::push::PushConfig>,
 }
 
 impl Default for SubscriptionConfig {
@@ -214,6 +218,7 @@ impl Default for SubscriptionConfig {
             retry: RetryPolicy::default(),
             dead_letter_topic: None,
             ordered: false,
+            push: None,
         }
     }
 }
@@ -344,6 +349,21 @@ pub struct SubscriptionUpdate {
     pub retry: Option<RetryPolicy>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dead_letter_topic: Option<String>,
+    /// `Some(Some(..))` sets push settings, `Some(None)` (JSON `null`) turns
+    /// push delivery off, `None` (absent) keeps them.
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub push: Option<Option<crate::push::PushConfig>>,
+}
+
+/// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
+fn double_option<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 impl SubscriptionUpdate {
@@ -368,6 +388,9 @@ impl SubscriptionUpdate {
         }
         if let Some(t) = &self.dead_letter_topic {
             c.dead_letter_topic = Some(t.clone());
+        }
+        if let Some(p) = &self.push {
+            c.push = p.clone();
         }
         c
     }

@@ -130,6 +130,7 @@ fn core_type_schemas_match_their_serde_form() {
                 max_in_flight_per_consumer: Some(1),
                 retry: Some(RetryPolicy::default()),
                 dead_letter_topic: Some("d".into()),
+                push: None,
             })
             .unwrap(),
         ),

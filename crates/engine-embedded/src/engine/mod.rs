@@ -106,7 +106,9 @@ impl EmbeddedEngine {
             tokio::task::spawn_blocking(move || recover(&cfg, &dir, recovery_clock, &token))
                 .await
                 .map_err(|e| Error::Storage(format!("recovery panicked: {e}")))??;
-        let caps = Capabilities::all("embedded", config.max_message_bytes);
+        let mut caps = Capabilities::all("embedded", config.max_message_bytes);
+        caps.features.remove(&courier_core::Feature::Release);
+        caps.features.remove(&courier_core::Feature::Reject);
         let engine = Arc::new_cyclic(|me| EmbeddedEngine {
             config,
             clock,
