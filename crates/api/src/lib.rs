@@ -24,6 +24,8 @@ use utoipa::ToSchema;
 /// Stable `code`s of problem documents found before the engine is asked, and
 /// the engine codes with an HTTP status of their own. The engine's other codes
 /// are `courier_core::Error::code`.
+pub mod push;
+
 pub mod codes {
     pub const MALFORMED_JSON: &str = "malformed_json";
     pub const UNKNOWN_FIELD: &str = "unknown_field";
