@@ -45,7 +45,7 @@ async fn breaker_opens_probes_closes_and_reopens() {
     assert_eq!(a.requests(), requests, "nothing is sent while open");
 
     // After open_for it is half-open: two probes, no more.
-    a.set(Mode::Delay(Duration::from_millis(200)));
+    a.set(Mode::Delay(Duration::from_millis(500)));
     eventually(WAIT, || svc.has_ready_instance()).await;
     assert_eq!(circuit(&svc), CircuitState::HalfOpen);
     let probes: Vec<_> = (0..2)

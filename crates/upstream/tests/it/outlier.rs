@@ -12,7 +12,8 @@ async fn ejects_after_consecutive_failures_and_readmits() {
     let config = ServiceConfig {
         outlier: OutlierDetection {
             consecutive_failures: 3,
-            ejection: Duration::from_millis(300),
+            // Long enough for the 20 calls below to finish on a busy machine.
+            ejection: Duration::from_millis(1500),
             max_ejection: Duration::from_secs(10),
         },
         breaker: BreakerConfig {
