@@ -744,6 +744,89 @@ pub mod schema {
         push: Option<PushConfig>,
     }
 
+    /// The resilient client's settings for one service (`PUT /v1/services/{name}`,
+    /// `[[services]]` in the config). Every field defaults; durations are
+    /// milliseconds.
+    #[derive(ToSchema, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ServiceConfig {
+        balance: Balance,
+        /// Calls in flight at once to one instance (default 256).
+        #[schema(minimum = 1)]
+        max_concurrent_per_instance: u32,
+        /// Milliseconds to open a connection (default 1000).
+        #[schema(minimum = 1, maximum = 3153600000000_f64)]
+        connect_timeout: u64,
+        /// One multiplexed h2c connection per instance instead of an HTTP/1.1 pool.
+        http2: bool,
+        /// Active health checks; none by default.
+        #[schema(nullable = true)]
+        health_check: Option<HealthCheck>,
+        outlier: OutlierDetection,
+        breaker: BreakerConfig,
+        /// Milliseconds a registered instance lives without a heartbeat (default 30000).
+        #[schema(minimum = 1, maximum = 3153600000000_f64)]
+        instance_ttl: u64,
+    }
+
+    /// How a service picks an instance: `round_robin` (default), `weighted`,
+    /// `least_request`, `ring_hash` (on the ordering key, or `push.hash_header`),
+    /// `p2c_ewma` (two random choices, lower latency x load wins).
+    #[derive(ToSchema, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum Balance {
+        RoundRobin,
+        Weighted,
+        LeastRequest,
+        RingHash,
+        P2cEwma,
+    }
+
+    /// GET `path` on each instance every `interval` ms; a 2xx within `timeout` ms is healthy.
+    #[derive(ToSchema, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct HealthCheck {
+        path: String,
+        #[schema(minimum = 1, maximum = 3153600000000_f64)]
+        interval: u64,
+        #[schema(minimum = 1, maximum = 3153600000000_f64)]
+        timeout: u64,
+        #[schema(minimum = 1)]
+        healthy_threshold: u32,
+        #[schema(minimum = 1)]
+        unhealthy_threshold: u32,
+    }
+
+    /// Eject an instance after `consecutive_failures` failed calls in a row
+    /// (0: never) for `ejection` ms, doubling on repeats up to `max_ejection` ms.
+    #[derive(ToSchema, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct OutlierDetection {
+        consecutive_failures: u32,
+        #[schema(minimum = 1, maximum = 3153600000000_f64)]
+        ejection: u64,
+        #[schema(minimum = 1, maximum = 3153600000000_f64)]
+        max_ejection: u64,
+    }
+
+    /// A circuit per instance: opens when at least `min_requests` calls in the
+    /// last `window` ms failed at `failure_rate` (0 to 1) or more; after
+    /// `open_for` ms, `half_open_probes` calls go through and must all succeed.
+    #[derive(ToSchema, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct BreakerConfig {
+        #[schema(minimum = 1, maximum = 3153600000000_f64)]
+        window: u64,
+        #[schema(minimum = 1)]
+        min_requests: u32,
+        #[schema(minimum = 0, maximum = 1)]
+        failure_rate: f64,
+        #[schema(minimum = 1, maximum = 3153600000000_f64)]
+        open_for: u64,
+        #[schema(minimum = 1)]
+        half_open_probes: u32,
+    }
+
     /// Push delivery: each message goes to an instance of `service` as an
     /// HTTP POST (CloudEvents binary mode, or a JSON batch), and a 2xx acks it.
     #[derive(ToSchema, Serialize, Deserialize)]

@@ -96,7 +96,7 @@ async fn each_message_goes_out_signed_as_a_cloud_event_and_a_2xx_acks_it() {
     .await;
     let publish_one = Publish {
         key: Some("post-1".into()),
-        headers: vec![("trace".into(), "abc".into())],
+        headers: [("trace".to_string(), "abc".to_string())].into(),
         ..Publish::default()
     };
     server.client.publish("t", "{\"like\":1}", &publish_one).await.unwrap();

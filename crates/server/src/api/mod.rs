@@ -96,6 +96,8 @@ impl AppState {
         courier_api::schema::StartPosition,
         courier_api::schema::RetryPolicy,
         courier_api::schema::Retention,
+        courier_api::schema::PushConfig,
+        courier_api::schema::ServiceConfig,
     )),
 )]
 struct ApiDoc;

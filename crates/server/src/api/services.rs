@@ -82,7 +82,7 @@ pub(crate) async fn get_service(
 #[utoipa::path(
     put, path = "/v1/services/{name}", tag = "services",
     params(("name" = String, Path, description = "Service name")),
-    request_body(content = Object, description = "Settings (`balance`, `max_concurrent_per_instance`, `connect_timeout`, `http2`, `health_check`, `outlier`, `breaker`, `instance_ttl`); every field defaults"),
+    request_body(content = courier_api::schema::ServiceConfig, description = "Settings; every field defaults"),
     responses(
         (status = 201, description = "Defined", body = ServiceView),
         (status = 200, description = "Updated", body = ServiceView),
@@ -158,7 +158,7 @@ pub(crate) async fn register_instance(
         Json(Registered {
             service: name,
             id,
-            expires_in: u64::try_from(registration.expires_in.as_millis()).unwrap_or(u64::MAX),
+            expires_in: u64::try_from(registration.ttl.as_millis()).unwrap_or(u64::MAX),
         }),
     ))
 }
