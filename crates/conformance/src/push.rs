@@ -10,6 +10,9 @@ use courier_core::{Feature, Outcome, PushConfig, SubscriptionConfig, Subscriptio
 use crate::helpers::*;
 use crate::EngineFactory;
 
+/// `SubscriptionUpdate.push`: absent keeps, `Some(None)` removes, a value sets.
+type PushChange = Option<Option<PushConfig>>;
+
 fn push_config(service: &str) -> PushConfig {
     PushConfig {
         service: service.to_string(),
@@ -58,7 +61,7 @@ pub async fn push_settings_round_trip(factory: &dyn EngineFactory) {
             "a lease across the updates",
         );
         let before = subscription(&engine, "s").await;
-        let steps: [(&str, Option<Option<PushConfig>>, Option<PushConfig>); 4] = [
+        let steps: [(&str, PushChange, Option<PushConfig>); 4] = [
             (
                 "change",
                 Some(Some(push_config("ledger"))),
