@@ -327,14 +327,20 @@ fn release_on_the_last_attempt_does_not_dead_letter() {
     s.scanned(2, 0, vec![]);
     for t in [0, 1_000] {
         assert_eq!(leased(s.lease(t, "c", 1)), vec![1]);
-        s.nack(&[1], t, Some(Duration::ZERO), None, &mut zero);
+        s.nack(
+            &[1],
+            t,
+            Some(Duration::ZERO),
+            Some("boom".into()),
+            &mut zero,
+        );
     }
     assert_eq!(leased(s.lease(2_000, "c", 1)), vec![1]);
     assert_eq!(s.pending(1).unwrap().attempts, 3, "the last attempt");
     s.release(&[1]);
     assert_eq!(
-        s.pending(1).unwrap().last_error,
-        None,
+        s.pending(1).unwrap().last_error.as_deref(),
+        Some("boom"),
         "the last error stays"
     );
     assert!(s.take_exhausted(10).is_empty());
