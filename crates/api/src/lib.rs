@@ -931,6 +931,8 @@ pub mod schema {
         RetentionMaxAge,
         RetentionMaxBytes,
         RetentionMaxMessages,
+        Release,
+        Reject,
     }
 
     /// What the broker's engine supports. A request that needs a feature not
