@@ -53,12 +53,16 @@ pub async fn run(
     // Before serving: the engine's fsyncs are recorded from here on.
     crate::metrics::handle();
 
-    let state = AppState::new(engine.clone(), &config.server);
+    let state = AppState::new(engine.clone(), &config);
+    // `Config::validate` has checked the keys; a config that skipped it fails here.
+    let auth = crate::auth::Authenticator::from_config(&config.auth)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?
+        .map(Arc::new);
     let rate_limit = RateLimit::from_config(&config.server);
     if let Some(limit) = &rate_limit {
         tokio::spawn(limit.clone().sweep(state.draining.clone()));
     }
-    let app = api::app(state.clone(), &config.server, rate_limit);
+    let app = api::app(state.clone(), &config.server, rate_limit, auth);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
