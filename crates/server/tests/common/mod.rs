@@ -125,3 +125,5 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+pub mod realtime;
