@@ -41,7 +41,11 @@ async fn answers_at_once_when_data_is_there() {
     let v = poll(&s, "t", "cursor=1&max=2").await;
     assert_eq!((seqs(&v), v["next_cursor"].clone()), (vec![1, 2], json!(3)));
     let v = poll(&s, "t", "cursor=3&wait_ms=0").await;
-    assert_eq!(seqs(&v), vec![3], "wait_ms=0 still returns data that is there");
+    assert_eq!(
+        seqs(&v),
+        vec![3],
+        "wait_ms=0 still returns data that is there"
+    );
     let (status, v) = get_json(&format!("{}/v1/topics/t/poll?max=0", s.url)).await;
     assert_eq!((status, v["code"].clone()), (400, json!("invalid_query")));
     let (status, _) = get_json(&format!("{}/v1/topics/t/poll?bogus=1", s.url)).await;
@@ -74,7 +78,10 @@ async fn wakes_up_on_publish() {
     assert_eq!(status, 200);
     assert_eq!(seqs(&v), vec![1]);
     assert_eq!(v["messages"][0]["body"], "late");
-    assert!(started.elapsed() < Duration::from_secs(20), "woken, not timed out");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "woken, not timed out"
+    );
 }
 
 #[tokio::test]
