@@ -158,6 +158,7 @@ pub(crate) async fn scrape(State(state): State<AppState>) -> Response {
     let mut body = handle().render();
     render_realtime(&state, &mut body);
     render_engine(&state, &mut body).await;
+    render_push(&state, &mut body).await;
     (
         [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
         body,
@@ -337,6 +338,49 @@ async fn render_engine(state: &AppState, out: &mut String) {
         "Messages waiting for a retry backoff or a delayed delivery time",
         |s| s.waiting,
     )
+    .write(out);
+}
+
+/// Push subscriptions: requests in flight and the age of the oldest
+/// unsettled message, taken at scrape time. (Delivered, failed and
+/// dead-lettered counts are counters recorded as pushes settle.)
+async fn render_push(state: &AppState, out: &mut String) {
+    let mut stats = Vec::new();
+    for name in state.pusher.pushed() {
+        if let Ok(Some(s)) = state.pusher.stats(&name).await {
+            stats.push(s);
+        }
+    }
+    Family {
+        name: "courier_push_requests_in_flight",
+        kind: "gauge",
+        help: "Push requests running now",
+        samples: stats
+            .iter()
+            .map(|s| {
+                (
+                    vec![("subscription", s.subscription.as_str())],
+                    s.requests_in_flight,
+                )
+            })
+            .collect(),
+    }
+    .write(out);
+    Family {
+        name: "courier_push_oldest_unacked_age_milliseconds",
+        kind: "gauge",
+        help:
+            "How long the oldest unsettled message of a push subscription has waited (0 when none)",
+        samples: stats
+            .iter()
+            .map(|s| {
+                (
+                    vec![("subscription", s.subscription.as_str())],
+                    s.oldest_unacked_age.unwrap_or(0),
+                )
+            })
+            .collect(),
+    }
     .write(out);
 }
 
