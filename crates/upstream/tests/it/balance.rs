@@ -123,5 +123,7 @@ async fn p2c_ewma_sends_fewer_calls_to_a_slow_instance() {
     let counts = tally(&svc, &["slow", "b", "c"], 600).await;
     // Round robin would send it 200.
     assert!(counts[0] <= 40, "{counts:?}");
-    assert!(counts[1] >= 200 && counts[2] >= 200, "{counts:?}");
+    // Between the two fast ones, latency noise decides: each still gets a
+    // real share (a busy machine skewed it to 405 / 194 once).
+    assert!(counts[1] >= 100 && counts[2] >= 100, "{counts:?}");
 }
