@@ -24,6 +24,8 @@ use utoipa::ToSchema;
 /// Stable `code`s of problem documents found before the engine is asked, and
 /// the engine codes with an HTTP status of their own. The engine's other codes
 /// are `courier_core::Error::code`.
+pub mod push;
+
 pub mod codes {
     pub const MALFORMED_JSON: &str = "malformed_json";
     pub const UNKNOWN_FIELD: &str = "unknown_field";
@@ -50,6 +52,12 @@ pub mod codes {
     /// 501: the engine lacks a feature the request needs (`GET /v1/capabilities`
     /// lists what it has). Not retryable.
     pub const UNSUPPORTED_BY_ENGINE: &str = "unsupported_by_engine";
+    /// 404: no service of that name (define one, or register an instance).
+    pub const SERVICE_NOT_FOUND: &str = "service_not_found";
+    /// 404: the service has no instance of that id (it may have expired: register again).
+    pub const INSTANCE_NOT_FOUND: &str = "instance_not_found";
+    /// 404: the subscription has no push settings.
+    pub const NOT_PUSHED: &str = "not_pushed";
     /// 503 with `Retry-After`: the engine's backend (a NATS or Redis server)
     /// cannot be reached for now.
     pub const ENGINE_UNAVAILABLE: &str = "engine_unavailable";
@@ -399,6 +407,48 @@ pub struct NackBody {
     pub error: Option<String>,
 }
 
+/// Body of `POST /v1/subscriptions/{name}/reject`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RejectBody {
+    /// Lease tokens from pull answers; 1 to 10000.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>, min_items = 1, max_items = 10000, example = json!(["5-17"])))]
+    pub tokens: Vec<LeaseToken>,
+    /// Why the messages can never succeed; kept on the dead letters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Body of `POST /v1/services/{name}/instances`: an instance of a service
+/// registers itself (and sends the same again as its heartbeat).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct InstanceRegistration {
+    /// The instance's base URL, `http://host:port`.
+    #[cfg_attr(feature = "openapi", schema(example = "http://127.0.0.1:9000"))]
+    pub url: String,
+    /// Names the instance; defaults to its URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Share of the traffic under weighted balancing; 1 to 1000, default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1000))]
+    pub weight: Option<u32>,
+}
+
+/// Answer of an instance registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Registered {
+    pub service: String,
+    pub id: String,
+    /// Milliseconds before the instance is dropped unless it registers again
+    /// (or sends a heartbeat).
+    pub expires_in: u64,
+}
+
 /// Body of `POST /v1/subscriptions/{name}/extend`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
@@ -599,6 +649,7 @@ pub mod schema {
                 retry: RetryPolicy::default(),
                 dead_letter_topic: c.dead_letter_topic,
                 ordered: c.ordered,
+                push: None,
             }
         }
     }
@@ -688,6 +739,123 @@ pub mod schema {
         dead_letter_topic: Option<String>,
         /// One message in flight per ordering key, delivered in order.
         ordered: bool,
+        /// Courier delivers the messages to a service itself; pulling keeps working beside it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        push: Option<PushConfig>,
+    }
+
+    /// The resilient client's settings for one service (`PUT /v1/services/{name}`,
+    /// `[[services]]` in the config). Every field defaults; durations are
+    /// milliseconds.
+    #[derive(ToSchema, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ServiceConfig {
+        balance: Balance,
+        /// Calls in flight at once to one instance (default 256).
+        #[schema(minimum = 1)]
+        max_concurrent_per_instance: u32,
+        /// Milliseconds to open a connection (default 1000).
+        #[schema(minimum = 1, maximum = 3153600000000_f64)]
+        connect_timeout: u64,
+        /// One multiplexed h2c connection per instance instead of an HTTP/1.1 pool.
+        http2: bool,
+        /// Active health checks; none by default.
+        #[schema(nullable = true)]
+        health_check: Option<HealthCheck>,
+        outlier: OutlierDetection,
+        breaker: BreakerConfig,
+        /// Milliseconds a registered instance lives without a heartbeat (default 30000).
+        #[schema(minimum = 1, maximum = 3153600000000_f64)]
+        instance_ttl: u64,
+    }
+
+    /// How a service picks an instance: `round_robin` (default), `weighted`,
+    /// `least_request`, `ring_hash` (on the ordering key, or `push.hash_header`),
+    /// `p2c_ewma` (two random choices, lower latency x load wins).
+    #[derive(ToSchema, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum Balance {
+        RoundRobin,
+        Weighted,
+        LeastRequest,
+        RingHash,
+        P2cEwma,
+    }
+
+    /// GET `path` on each instance every `interval` ms; a 2xx within `timeout` ms is healthy.
+    #[derive(ToSchema, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct HealthCheck {
+        path: String,
+        #[schema(minimum = 1, maximum = 3153600000000_f64)]
+        interval: u64,
+        #[schema(minimum = 1, maximum = 3153600000000_f64)]
+        timeout: u64,
+        #[schema(minimum = 1)]
+        healthy_threshold: u32,
+        #[schema(minimum = 1)]
+        unhealthy_threshold: u32,
+    }
+
+    /// Eject an instance after `consecutive_failures` failed calls in a row
+    /// (0: never) for `ejection` ms, doubling on repeats up to `max_ejection` ms.
+    #[derive(ToSchema, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct OutlierDetection {
+        consecutive_failures: u32,
+        #[schema(minimum = 1, maximum = 3153600000000_f64)]
+        ejection: u64,
+        #[schema(minimum = 1, maximum = 3153600000000_f64)]
+        max_ejection: u64,
+    }
+
+    /// A circuit per instance: opens when at least `min_requests` calls in the
+    /// last `window` ms failed at `failure_rate` (0 to 1) or more; after
+    /// `open_for` ms, `half_open_probes` calls go through and must all succeed.
+    #[derive(ToSchema, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct BreakerConfig {
+        #[schema(minimum = 1, maximum = 3153600000000_f64)]
+        window: u64,
+        #[schema(minimum = 1)]
+        min_requests: u32,
+        #[schema(minimum = 0, maximum = 1)]
+        failure_rate: f64,
+        #[schema(minimum = 1, maximum = 3153600000000_f64)]
+        open_for: u64,
+        #[schema(minimum = 1)]
+        half_open_probes: u32,
+    }
+
+    /// Push delivery: each message goes to an instance of `service` as an
+    /// HTTP POST (CloudEvents binary mode, or a JSON batch), and a 2xx acks it.
+    #[derive(ToSchema, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct PushConfig {
+        /// The service whose instances receive the messages; required.
+        #[schema(required = true, min_length = 1)]
+        service: String,
+        /// Path and query requested on the instance (default `/`).
+        #[schema(pattern = "^/")]
+        path: String,
+        /// Messages per request: 1 (default) sends each message alone, more send JSON batches.
+        #[schema(minimum = 1, maximum = 1000)]
+        batch_size: u32,
+        /// Requests in flight at once for this subscription (default 64).
+        #[schema(minimum = 1, maximum = 10000)]
+        max_concurrent: u32,
+        /// Milliseconds one request may take before it counts as failed (default 10000); shorter than `ack_deadline`.
+        #[schema(minimum = 1, maximum = 3153600000000_f64)]
+        timeout: u64,
+        /// Signing secret, `whsec_` and base64 (Standard Webhooks); requests are unsigned without one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        secret: Option<String>,
+        /// Sent as `Authorization: Bearer <token>`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        bearer_token: Option<String>,
+        /// Consistent hashing uses this message header instead of the ordering key.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        hash_header: Option<String>,
     }
 
     #[derive(ToSchema)]
@@ -724,6 +892,10 @@ pub mod schema {
         /// Where messages go after the last attempt from now on.
         #[serde(skip_serializing_if = "Option::is_none")]
         dead_letter_topic: Option<String>,
+        /// New push settings (replacing the old ones whole), or `null` to stop pushing.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = true)]
+        push: Option<PushConfig>,
     }
 
     /// What an ack, nack or extend did to one message: `ok` (it took effect),
@@ -759,6 +931,8 @@ pub mod schema {
         RetentionMaxAge,
         RetentionMaxBytes,
         RetentionMaxMessages,
+        Release,
+        Reject,
     }
 
     /// What the broker's engine supports. A request that needs a feature not

@@ -62,6 +62,13 @@ pub(crate) enum Command {
     Nack(NackArgs),
     /// Keep leased messages longer, by the tokens `pull` printed.
     Extend(ExtendArgs),
+    /// Give leased messages back without spending an attempt (they were never tried).
+    Release(AckArgs),
+    /// Dead-letter leased messages at once: they can never succeed.
+    Reject(RejectArgs),
+    /// Services that push subscriptions deliver to: define, list, register instances.
+    #[command(subcommand)]
+    Service(ServiceCommand),
     /// List and replay dead letters.
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -163,7 +170,7 @@ pub(crate) enum SubscriptionCommand {
     clap::ArgGroup::new("settings")
         .required(true)
         .multiple(true)
-        .args(["ack_deadline", "max_in_flight", "max_in_flight_per_consumer", "max_attempts", "dead_letter_topic"]),
+        .args(["ack_deadline", "max_in_flight", "max_in_flight_per_consumer", "max_attempts", "dead_letter_topic", "push_service", "no_push"]),
 ))]
 pub(crate) struct SubscriptionUpdateArgs {
     /// Subscription name.
@@ -184,6 +191,117 @@ pub(crate) struct SubscriptionUpdateArgs {
     /// Dead-letter topic, for messages that run out of attempts from now on.
     #[arg(long)]
     pub dead_letter_topic: Option<String>,
+    /// New push settings (replacing the old ones whole).
+    #[command(flatten)]
+    pub push: PushArgs,
+    /// Stop pushing: messages wait for pulls again.
+    #[arg(long, conflicts_with = "push_service")]
+    pub no_push: bool,
+}
+
+/// Push delivery: Courier sends each message to an instance of a service.
+#[derive(Debug, Args)]
+pub(crate) struct PushArgs {
+    /// Push each message to an instance of this service (see `courier service`).
+    #[arg(long, value_name = "SERVICE")]
+    pub push_service: Option<String>,
+    /// Path requested on the instance [default: /].
+    #[arg(long, value_name = "PATH", requires = "push_service")]
+    pub push_path: Option<String>,
+    /// Messages per request; above 1, pushes go as JSON batches [default: 1].
+    #[arg(long, value_name = "COUNT", requires = "push_service")]
+    pub push_batch: Option<u32>,
+    /// Push requests in flight at once, a count [default: 64].
+    #[arg(long, value_name = "COUNT", requires = "push_service")]
+    pub push_concurrency: Option<u32>,
+    /// How long one push may take, with a unit (e.g. 10s, 500ms) [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "push_service")]
+    pub push_timeout: Option<Duration>,
+    /// Signing secret, whsec_ and base64 (Standard Webhooks).
+    #[arg(long, value_name = "SECRET", requires = "push_service")]
+    pub push_secret: Option<String>,
+    /// Sent as `Authorization: Bearer <TOKEN>` with every push.
+    #[arg(long, value_name = "TOKEN", requires = "push_service")]
+    pub push_bearer_token: Option<String>,
+}
+
+impl PushArgs {
+    pub fn config(&self) -> Option<courier_core::PushConfig> {
+        let service = self.push_service.clone()?;
+        let d = courier_core::PushConfig::default();
+        Some(courier_core::PushConfig {
+            service,
+            path: self.push_path.clone().unwrap_or(d.path),
+            batch_size: self.push_batch.unwrap_or(d.batch_size),
+            max_concurrent: self.push_concurrency.unwrap_or(d.max_concurrent),
+            timeout: self.push_timeout.unwrap_or(d.timeout),
+            secret: self.push_secret.clone(),
+            bearer_token: self.push_bearer_token.clone(),
+            hash_header: None,
+        })
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ServiceCommand {
+    /// List services and their instances' health.
+    List,
+    /// Show one service: settings, instances, health, circuit state, latency.
+    Show {
+        /// Service name.
+        name: String,
+    },
+    /// Define a service or change its settings (instances stay).
+    Define {
+        /// Service name.
+        name: String,
+        /// round_robin, weighted, least_request, ring_hash or p2c_ewma [default: round_robin].
+        #[arg(long)]
+        balance: Option<String>,
+        /// Requests in flight at once per instance, a count [default: 256].
+        #[arg(long, value_name = "COUNT")]
+        max_concurrent_per_instance: Option<u32>,
+        /// Active health check: GET this path on each instance.
+        #[arg(long, value_name = "PATH")]
+        health_path: Option<String>,
+        /// Time between health checks, with a unit (e.g. 5s) [default: 5s].
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "health_path")]
+        health_interval: Option<Duration>,
+    },
+    /// Remove a service.
+    Delete {
+        /// Service name.
+        name: String,
+    },
+    /// Register an instance (run again, or `heartbeat`, before its TTL ends).
+    Register {
+        /// Service name (created with default settings if needed).
+        name: String,
+        /// The instance's base URL, http://host:port.
+        url: String,
+        /// Instance id [default: host:port].
+        #[arg(long)]
+        id: Option<String>,
+        /// Share of the traffic under weighted balancing [default: 1].
+        #[arg(long, value_name = "COUNT")]
+        weight: Option<u32>,
+    },
+    /// Take an instance out at once.
+    Deregister {
+        /// Service name.
+        name: String,
+        /// Instance id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RejectArgs {
+    #[command(flatten)]
+    pub leases: Leases,
+    /// Why the messages can never succeed (kept on the dead letters).
+    #[arg(long)]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -226,6 +344,8 @@ pub(crate) struct SubscriptionCreate {
     /// Deliver each ordering key strictly in order, one in flight per key.
     #[arg(long)]
     pub ordered: bool,
+    #[command(flatten)]
+    pub push: PushArgs,
 }
 
 #[derive(Debug, Args)]

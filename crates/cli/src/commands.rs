@@ -5,13 +5,15 @@ use std::io::{BufRead, Read};
 use std::time::Duration;
 
 use bytes::Bytes;
-use courier_client::wire::{NackBody, PublishMessage, PullBody, SettleResponse};
+use courier_client::wire::{
+    InstanceRegistration, NackBody, PublishMessage, PullBody, RejectBody, SettleResponse,
+};
 use courier_client::{Client, Publish};
 use courier_core::{Outcome, SubscriptionConfig, SubscriptionUpdate, TopicConfig};
 
 use crate::args::{
-    Command, DlqCommand, Global, PublishArgs, PullArgs, SubscriptionCommand, SubscriptionCreate,
-    SubscriptionUpdateArgs, TailArgs, TopicCommand,
+    Command, DlqCommand, Global, PublishArgs, PullArgs, ServiceCommand, SubscriptionCommand,
+    SubscriptionCreate, SubscriptionUpdateArgs, TailArgs, TopicCommand,
 };
 use crate::output::Output;
 use crate::{exit, Failure};
@@ -74,6 +76,21 @@ async fn run_with(client: &Client, out: &Output, command: Command) -> Result<(),
                 .await?;
             settled(out, &answer, "extended")
         }
+        Command::Release(args) => {
+            let answer = client
+                .release(&args.leases.subscription, &args.leases.tokens)
+                .await?;
+            settled(out, &answer, "released")
+        }
+        Command::Reject(args) => {
+            let body = RejectBody {
+                tokens: args.leases.tokens,
+                error: args.error,
+            };
+            let answer = client.reject(&args.leases.subscription, &body).await?;
+            settled(out, &answer, "rejected")
+        }
+        Command::Service(c) => service(client, out, c).await,
         Command::Dlq(DlqCommand::List { subscription, max }) => {
             out.messages(&client.dead_letters(&subscription, max).await?);
             Ok(())
@@ -246,6 +263,7 @@ fn subscription_config(a: SubscriptionCreate) -> SubscriptionConfig {
     }
     c.dead_letter_topic = a.dead_letter_topic;
     c.ordered = a.ordered;
+    c.push = a.push.config();
     c
 }
 
@@ -270,7 +288,11 @@ async fn subscription_update(
         max_in_flight_per_consumer: a.max_in_flight_per_consumer,
         retry,
         dead_letter_topic: a.dead_letter_topic,
-        push: None,
+        push: if a.no_push {
+            Some(None)
+        } else {
+            a.push.config().map(Some)
+        },
     })
 }
 
@@ -403,4 +425,80 @@ where
             result => return result,
         }
     }
+}
+
+async fn service(client: &Client, out: &Output, c: ServiceCommand) -> Result<(), Failure> {
+    match c {
+        ServiceCommand::List => {
+            let list = client.services().await?;
+            let text = list["services"]
+                .as_array()
+                .map(|s| s.iter().map(service_line).collect::<Vec<_>>().join("\n"))
+                .unwrap_or_default();
+            out.value(&list, &text);
+        }
+        ServiceCommand::Show { name } => {
+            let view = client.service(&name).await?;
+            let text = serde_json::to_string_pretty(&view).unwrap_or_default();
+            out.value(&view, &text);
+        }
+        ServiceCommand::Define {
+            name,
+            balance,
+            max_concurrent_per_instance,
+            health_path,
+            health_interval,
+        } => {
+            let mut settings = serde_json::Map::new();
+            if let Some(b) = balance {
+                settings.insert("balance".into(), b.into());
+            }
+            if let Some(n) = max_concurrent_per_instance {
+                settings.insert("max_concurrent_per_instance".into(), n.into());
+            }
+            if let Some(path) = health_path {
+                let mut check = serde_json::Map::new();
+                check.insert("path".into(), path.into());
+                if let Some(i) = health_interval {
+                    check.insert("interval".into(), (i.as_millis() as u64).into());
+                }
+                settings.insert("health_check".into(), check.into());
+            }
+            let view = client.define_service(&name, &settings.into()).await?;
+            out.value(&view, &format!("service {name} defined"));
+        }
+        ServiceCommand::Delete { name } => {
+            client.delete_service(&name).await?;
+            out.value(&serde_json::json!({ "deleted": name }), &format!("service {name} deleted"));
+        }
+        ServiceCommand::Register {
+            name,
+            url,
+            id,
+            weight,
+        } => {
+            let r = client
+                .register_instance(&name, &InstanceRegistration { url, id, weight })
+                .await?;
+            let text = format!(
+                "registered {} in {} for {} ms (register again or heartbeat before then)",
+                r.id, r.service, r.expires_in
+            );
+            out.value(&r, &text);
+        }
+        ServiceCommand::Deregister { name, id } => {
+            client.deregister(&name, &id).await?;
+            out.value(
+                &serde_json::json!({ "service": name, "deregistered": id }),
+                &format!("deregistered {id} from {name}"),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `name  3 instances (2 ready)` for `service list`.
+fn service_line(s: &serde_json::Value) -> String {
+    let instances = s["stats"]["instances"].as_array().map_or(0, Vec::len);
+    format!("{}\t{instances} instance(s)", s["name"].as_str().unwrap_or("?"))
 }

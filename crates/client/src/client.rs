@@ -427,6 +427,83 @@ impl Client {
     }
 
     /// The OpenAPI document the server serves.
+    /// Gives leased messages back without spending an attempt; one result per token.
+    pub async fn release(&self, subscription: &str, tokens: &[LeaseToken]) -> Result<SettleResponse> {
+        let body = AckBody {
+            tokens: tokens.to_vec(),
+        };
+        self.post_json(subscription, "release", &body).await
+    }
+
+    /// Dead-letters leased messages at once; one result per token.
+    pub async fn reject(&self, subscription: &str, body: &RejectBody) -> Result<SettleResponse> {
+        self.post_json(subscription, "reject", body).await
+    }
+
+    /// Push statistics of a push subscription (as JSON: backlog, in flight,
+    /// delivered, failed, dead-lettered, oldest unacked age).
+    pub async fn push_stats(&self, subscription: &str) -> Result<serde_json::Value> {
+        self.get_json(&["v1", "subscriptions", subscription, "push"])
+            .await
+    }
+
+    // ---- services ----
+
+    /// Defines a service or changes its settings (`balance`, `health_check`,
+    /// `breaker`, ...; see the OpenAPI document). Answers the service's view.
+    pub async fn define_service(
+        &self,
+        name: &str,
+        settings: &serde_json::Value,
+    ) -> Result<serde_json::Value> {
+        let request = self
+            .request(Method::PUT, &["v1", "services", name])
+            .json(settings);
+        json(self.send(request).await?).await
+    }
+
+    /// A service with each instance's health, circuit state and latency.
+    pub async fn service(&self, name: &str) -> Result<serde_json::Value> {
+        self.get_json(&["v1", "services", name]).await
+    }
+
+    pub async fn services(&self) -> Result<serde_json::Value> {
+        self.get_json(&["v1", "services"]).await
+    }
+
+    pub async fn delete_service(&self, name: &str) -> Result<()> {
+        self.send(self.request(Method::DELETE, &["v1", "services", name]))
+            .await
+            .map(drop)
+    }
+
+    /// Registers an instance (or refreshes it: calling again is a heartbeat).
+    pub async fn register_instance(
+        &self,
+        service: &str,
+        registration: &InstanceRegistration,
+    ) -> Result<Registered> {
+        let request = self
+            .request(Method::POST, &["v1", "services", service, "instances"])
+            .json(registration);
+        json(self.send(request).await?).await
+    }
+
+    /// Keeps a registered instance; `Error::Api` with `instance_not_found`
+    /// when it expired (register again).
+    pub async fn heartbeat(&self, service: &str, id: &str) -> Result<()> {
+        let request = self.request(
+            Method::POST,
+            &["v1", "services", service, "instances", id, "heartbeat"],
+        );
+        self.send(request).await.map(drop)
+    }
+
+    pub async fn deregister(&self, service: &str, id: &str) -> Result<()> {
+        let request = self.request(Method::DELETE, &["v1", "services", service, "instances", id]);
+        self.send(request).await.map(drop)
+    }
+
     pub async fn openapi(&self) -> Result<serde_json::Value> {
         self.get_json(&["openapi.json"]).await
     }

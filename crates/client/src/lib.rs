@@ -17,6 +17,8 @@
 
 pub use courier_api as wire;
 
+pub mod push;
+
 #[cfg(feature = "http")]
 mod client;
 #[cfg(feature = "http")]

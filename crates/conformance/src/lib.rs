@@ -37,6 +37,9 @@ pub mod helpers;
 pub mod leases;
 pub mod ordering;
 pub mod publish;
+pub mod push;
+pub mod reject;
+pub mod release;
 pub mod retry;
 pub mod seek;
 pub mod tails;
@@ -96,6 +99,21 @@ macro_rules! __behaviours {
                 backoff_is_capped_at_max_backoff: paused,
                 nack_with_explicit_delay: paused,
                 an_expired_lease_is_retried_as_the_next_attempt: paused,
+            }
+            release {
+                release_keeps_the_attempt_count_and_redelivers_at_once: paused,
+                release_on_the_last_attempt_does_not_dead_letter: paused,
+                release_of_a_stale_token_is_lease_lost: paused,
+                release_respects_ordering_keys: paused,
+            }
+            reject {
+                reject_dead_letters_at_once_with_the_error: paused,
+                reject_of_a_stale_token_is_lease_lost: paused,
+                reject_then_replay_brings_the_message_back_with_fresh_attempts: paused,
+            }
+            push {
+                push_settings_round_trip: paused,
+                invalid_push_settings_are_refused: paused,
             }
             dead_letters {
                 exhausted_message_is_dead_lettered_with_headers: paused,

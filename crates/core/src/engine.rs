@@ -67,7 +67,9 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Leases up to `max_messages`, waiting up to `wait` for the first one.
     /// A message that is not deliverable yet (delayed, or behind another of
-    /// its ordering key) never hides one that is.
+    /// its ordering key) never hides one that is. Cancel-safe: a pull dropped
+    /// before it returns has leased nothing (push delivery and waiting HTTP
+    /// pulls drop theirs at shutdown).
     async fn pull(&self, subscription: &str, request: PullRequest) -> Result<Vec<Delivery>>;
     /// Settles leased messages; one outcome per token, in order. Returns once
     /// the settled ones are durable.

@@ -125,7 +125,8 @@ impl Subscription {
         self.state.lock().config().dead_letter_topic_for(&self.name)
     }
 
-    /// Takes on new settings (already saved in the engine's metadata).
+    /// Takes on new settings (already saved in the engine's metadata); push
+    /// settings included, which change nothing else.
     pub async fn reconfigure(&self, config: SubscriptionConfig) -> Result<()> {
         {
             let mut st = self.state.lock();
@@ -447,6 +448,34 @@ impl Subscription {
             // no-op unless the process installed a recorder.
             metrics::counter!("courier_messages_nacked_total", "subscription" => self.name.clone())
                 .increment(nacked as u64);
+            self.exhausted.notify_one();
+            self.notify.notify_waiters();
+            self.sync().await?;
+        }
+        Ok(outcomes)
+    }
+
+    /// Gives leased messages back untried: deliverable at once, with the
+    /// attempt count they had before the lease.
+    pub async fn release(&self, tokens: &[LeaseToken]) -> Result<Vec<Outcome>> {
+        let (outcomes, released) = self.settle(tokens, |st, held, _| st.release(held));
+        if released > 0 {
+            self.notify.notify_waiters();
+            self.sync().await?;
+        }
+        Ok(outcomes)
+    }
+
+    /// Dead-letters leased messages whatever attempts remain. Returns once
+    /// the decision is durable; the dead-letter worker stores them (as it
+    /// does messages out of attempts, so a crash neither loses nor doubles them).
+    pub async fn reject(
+        &self,
+        tokens: &[LeaseToken],
+        error: Option<String>,
+    ) -> Result<Vec<Outcome>> {
+        let (outcomes, rejected) = self.settle(tokens, |st, held, _| st.reject(held, error));
+        if rejected > 0 {
             self.exhausted.notify_one();
             self.notify.notify_waiters();
             self.sync().await?;

@@ -1,8 +1,9 @@
 //! Model-based property test of the subscription state machine.
 //!
 //! Random sequences of operations drive a [`SubState`] the way an engine does
-//! (publish to a topic, scan, lease, ack, nack, expire, extend, dead-letter,
-//! seek, trim, replay dead letters, checkpoint and restart) and, in lockstep, a
+//! (publish to a topic, scan, lease, ack, nack, release, reject, expire,
+//! extend, dead-letter, seek, trim, replay dead letters, checkpoint and
+//! restart) and, in lockstep, a
 //! deliberately naive model: one status per topic sequence, recomputed from
 //! scratch whenever a question is asked. After every operation the two must
 //! agree, and the safety properties of the broker are asserted directly on
@@ -48,10 +49,17 @@ enum St {
         attempts: u32,
         error: Option<String>,
     },
+    /// Rejected by its consumer: to be dead-lettered whatever its attempts.
+    Rejected {
+        attempts: u32,
+        error: Option<String>,
+    },
     /// Handed out by `take_exhausted`, dead-letter not finished.
     Dying {
         attempts: u32,
         error: Option<String>,
+        /// Goes back to `Rejected` (not to waiting) if it does not finish.
+        rejected: bool,
     },
     /// Acked, dead-lettered, trimmed or skipped by a seek.
     Settled,
@@ -61,22 +69,24 @@ impl St {
     fn is_pending(&self) -> bool {
         matches!(
             self,
-            St::Waiting { .. } | St::Leased { .. } | St::Dying { .. }
+            St::Waiting { .. } | St::Leased { .. } | St::Rejected { .. } | St::Dying { .. }
         )
     }
     fn attempts(&self) -> u32 {
         match self {
             St::Waiting { attempts, .. }
             | St::Leased { attempts, .. }
+            | St::Rejected { attempts, .. }
             | St::Dying { attempts, .. } => *attempts,
             St::Unseen | St::Settled => 0,
         }
     }
     fn error(&self) -> Option<String> {
         match self {
-            St::Waiting { error, .. } | St::Leased { error, .. } | St::Dying { error, .. } => {
-                error.clone()
-            }
+            St::Waiting { error, .. }
+            | St::Leased { error, .. }
+            | St::Rejected { error, .. }
+            | St::Dying { error, .. } => error.clone(),
             St::Unseen | St::Settled => None,
         }
     }
@@ -149,6 +159,7 @@ impl Model {
 enum Pick {
     Leased(usize),
     Waiting(usize),
+    Rejected(usize),
     Dying(usize),
     Settled(usize),
     Unseen(usize),
@@ -188,6 +199,13 @@ enum Op {
         picks: Vec<Pick>,
         by: u64,
     },
+    /// Gives leases back untried.
+    Release(Vec<Pick>),
+    /// Dead-letters leased messages at once.
+    Reject {
+        picks: Vec<Pick>,
+        error: Option<usize>,
+    },
     TakeExhausted(usize),
     /// Finishes the oldest dead-letter batch: the first `ok` are stored and
     /// journaled as dead-lettered, the rest aborted.
@@ -210,6 +228,7 @@ fn pick() -> impl Strategy<Value = Pick> {
     prop_oneof![
         4 => any::<usize>().prop_map(Pick::Leased),
         2 => any::<usize>().prop_map(Pick::Waiting),
+        1 => any::<usize>().prop_map(Pick::Rejected),
         1 => any::<usize>().prop_map(Pick::Dying),
         1 => any::<usize>().prop_map(Pick::Settled),
         1 => any::<usize>().prop_map(Pick::Unseen),
@@ -243,6 +262,9 @@ fn op(acks: u32) -> impl Strategy<Value = Op> {
         2 => Just(Op::Wake),
         4 => (0.0f64..1.0).prop_map(|unit| Op::Expire { unit }),
         1 => (vec(pick(), 1..3), 0u64..3_000).prop_map(|(picks, by)| Op::Extend { picks, by }),
+        3 => vec(pick(), 1..4).prop_map(Op::Release),
+        2 => (vec(pick(), 1..3), prop::option::of(0..ERRORS.len()))
+            .prop_map(|(picks, error)| Op::Reject { picks, error }),
         3 => (1usize..4).prop_map(Op::TakeExhausted),
         3 => (0usize..4, any::<bool>()).prop_map(|(ok, abort_first)| Op::FinishDeadLetter { ok, abort_first }),
         1 => any::<u64>().prop_map(Op::Seek),
@@ -393,10 +415,14 @@ impl Harness {
         }
     }
 
-    /// Waiting and out of attempts. (Normally that is its key's head; a
-    /// replayed message sorting before it does not stop its dead-lettering.)
+    /// Waiting and out of attempts, or rejected. (Normally that is its key's
+    /// head; a replayed message sorting before it does not stop its dead-lettering.)
     fn takeable(&self, seq: Seq) -> bool {
-        matches!(self.model.st(seq), St::Waiting { attempts, .. } if self.model.exhausted(*attempts))
+        match self.model.st(seq) {
+            St::Waiting { attempts, .. } => self.model.exhausted(*attempts),
+            St::Rejected { .. } => true,
+            _ => false,
+        }
     }
 
     fn next_wake(&self) -> Option<Millis> {
@@ -421,6 +447,7 @@ impl Harness {
                 let found = match *p {
                     Pick::Leased(i) => with(&|st| matches!(st, St::Leased { .. }), i),
                     Pick::Waiting(i) => with(&|st| matches!(st, St::Waiting { .. }), i),
+                    Pick::Rejected(i) => with(&|st| matches!(st, St::Rejected { .. }), i),
                     Pick::Dying(i) => with(&|st| matches!(st, St::Dying { .. }), i),
                     Pick::Settled(i) => with(&|st| matches!(st, St::Settled), i),
                     Pick::Unseen(i) => with(&|st| matches!(st, St::Unseen), i),
@@ -429,6 +456,7 @@ impl Harness {
                 found.unwrap_or(match *p {
                     Pick::Leased(i)
                     | Pick::Waiting(i)
+                    | Pick::Rejected(i)
                     | Pick::Dying(i)
                     | Pick::Settled(i)
                     | Pick::Unseen(i) => i as u64 % (self.end() + 2),
@@ -533,6 +561,14 @@ impl Harness {
                     }
                 }
                 self.record(event);
+            }
+            Op::Release(picks) => {
+                let seqs = self.resolve(picks);
+                self.release(&seqs);
+            }
+            Op::Reject { picks, error } => {
+                let seqs = self.resolve(picks);
+                self.reject(&seqs, error.map(|e| ERRORS[e].to_string()));
             }
             Op::TakeExhausted(max) => self.take_exhausted(*max),
             Op::FinishDeadLetter { ok, abort_first } => {
@@ -731,7 +767,10 @@ impl Harness {
         let settles = |s: Seq| {
             s >= 1
                 && s < self.end()
-                && matches!(self.model.st(s), St::Waiting { .. } | St::Leased { .. })
+                && matches!(
+                    self.model.st(s),
+                    St::Waiting { .. } | St::Leased { .. } | St::Rejected { .. }
+                )
         };
         let expected: Vec<Seq> = seqs.iter().copied().filter(|&s| settles(s)).collect();
         let event = self.sut.ack(seqs);
@@ -798,6 +837,79 @@ impl Harness {
         self.record(event);
     }
 
+    /// The leased messages among `seqs`, each once, in the order given.
+    fn leased_among(&self, seqs: &[Seq]) -> Vec<Seq> {
+        let mut seen = BTreeSet::new();
+        seqs.iter()
+            .copied()
+            .filter(|&s| s >= 1 && s < self.end() && matches!(self.model.st(s), St::Leased { .. }))
+            .filter(|&s| seen.insert(s))
+            .collect()
+    }
+
+    fn release(&mut self, seqs: &[Seq]) {
+        let expected = self.leased_among(seqs);
+        let event = self.sut.release(seqs);
+        match &event {
+            Some(Event::Released { seqs: got }) => {
+                let got: BTreeSet<Seq> = got.iter().copied().collect();
+                assert_eq!(got, expected.iter().copied().collect(), "release({seqs:?})");
+            }
+            None => assert!(expected.is_empty(), "release({seqs:?}) released nothing"),
+            other => panic!("release returned {other:?}"),
+        }
+        for seq in expected {
+            let st = self.model.st(seq);
+            // The lease's attempt was never made.
+            let (attempts, error) = (st.attempts() - 1, st.error());
+            self.model.set(
+                seq,
+                St::Waiting {
+                    at: 0,
+                    attempts,
+                    error,
+                },
+            );
+            if attempts == 0 {
+                // Its next delivery is a first one again.
+                if let Some(key) = self.key(seq).map(str::to_string) {
+                    if let Some(last) = self.first_delivered.get_mut(&key) {
+                        *last = (*last).min(seq - 1);
+                    }
+                }
+            }
+        }
+        self.record(event);
+    }
+
+    fn reject(&mut self, seqs: &[Seq], error: Option<String>) {
+        let expected = self.leased_among(seqs);
+        let event = self.sut.reject(seqs, error.clone());
+        match &event {
+            Some(Event::Rejected {
+                seqs: got,
+                error: e,
+            }) => {
+                let got: BTreeSet<Seq> = got.iter().copied().collect();
+                assert_eq!(got, expected.iter().copied().collect(), "reject({seqs:?})");
+                assert_eq!(e, &error);
+            }
+            None => assert!(expected.is_empty(), "reject({seqs:?}) rejected nothing"),
+            other => panic!("reject returned {other:?}"),
+        }
+        for seq in expected {
+            let attempts = self.model.st(seq).attempts();
+            self.model.set(
+                seq,
+                St::Rejected {
+                    attempts,
+                    error: error.clone(),
+                },
+            );
+        }
+        self.record(event);
+    }
+
     fn take_exhausted(&mut self, max: usize) {
         let expected: Vec<Seq> = self
             .model
@@ -828,6 +940,7 @@ impl Harness {
                 St::Dying {
                     attempts: st.attempts(),
                     error: st.error(),
+                    rejected: matches!(st, St::Rejected { .. }),
                 },
             );
         }
@@ -847,7 +960,7 @@ impl Harness {
             // Settled if still out of attempts: not a fresh copy that a seek
             // or a replay brought back while the dead letter was being stored.
             let dead = match self.model.st(seq) {
-                St::Dying { .. } => true,
+                St::Dying { .. } | St::Rejected { .. } => true,
                 St::Waiting { attempts, .. } => self.model.exhausted(*attempts),
                 _ => false,
             };
@@ -865,15 +978,13 @@ impl Harness {
     fn abort_dead_letter(&mut self, seqs: &[Seq]) {
         self.sut.abort_dead_letter(seqs);
         for &seq in seqs {
-            if let St::Dying { attempts, error } = self.model.st(seq).clone() {
-                self.model.set(
-                    seq,
-                    St::Waiting {
-                        at: 0,
-                        attempts,
-                        error,
-                    },
-                );
+            if let St::Dying {
+                attempts,
+                error,
+                rejected,
+            } = self.model.st(seq).clone()
+            {
+                self.model.set(seq, undying(attempts, error, rejected));
             }
         }
     }
@@ -952,7 +1063,7 @@ impl Harness {
             .model
             .pending()
             .filter(|(_, st)| match st {
-                St::Dying { .. } => true,
+                St::Dying { rejected, .. } => !rejected,
                 St::Waiting { attempts, .. } => self.model.exhausted(*attempts),
                 _ => false,
             })
@@ -973,15 +1084,13 @@ impl Harness {
         }
         self.sut = restored;
         for seq in dying {
-            if let St::Dying { attempts, error } = self.model.st(seq).clone() {
-                self.model.set(
-                    seq,
-                    St::Waiting {
-                        at: 0,
-                        attempts,
-                        error,
-                    },
-                );
+            if let St::Dying {
+                attempts,
+                error,
+                rejected,
+            } = self.model.st(seq).clone()
+            {
+                self.model.set(seq, undying(attempts, error, rejected));
             }
         }
         for batch in std::mem::take(&mut self.batches) {
@@ -1017,7 +1126,7 @@ impl Harness {
         );
         let waiting = m
             .pending()
-            .filter(|(_, st)| matches!(st, St::Waiting { .. }))
+            .filter(|(_, st)| matches!(st, St::Waiting { .. } | St::Rejected { .. }))
             .count();
         assert_eq!(self.sut.waiting(), waiting, "waiting, {}", ctx());
         for consumer in CONSUMERS {
@@ -1053,7 +1162,7 @@ impl Harness {
             );
             match (st, &view) {
                 (St::Unseen | St::Settled, None) => {}
-                (St::Waiting { .. } | St::Dying { .. }, Some(v)) => {
+                (St::Waiting { .. } | St::Rejected { .. } | St::Dying { .. }, Some(v)) => {
                     assert_eq!(
                         (v.attempts, &v.last_error, v.lease_deadline),
                         (st.attempts(), &st.error(), None)
@@ -1130,6 +1239,20 @@ impl Harness {
         assert_eq!(self.sut.counters(), self.model.counters);
         // One more restart from the very first checkpoint is still exact.
         self.restart(false);
+    }
+}
+
+/// What a dead-lettering that did not finish leaves: rejected again, or
+/// waiting since 0 (out of attempts, so when is meaningless).
+fn undying(attempts: u32, error: Option<String>, rejected: bool) -> St {
+    if rejected {
+        St::Rejected { attempts, error }
+    } else {
+        St::Waiting {
+            at: 0,
+            attempts,
+            error,
+        }
     }
 }
 

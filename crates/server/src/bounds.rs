@@ -47,7 +47,11 @@ fn millis(d: Duration) -> u64 {
 /// The durations of a subscription: the lease and the retry backoffs.
 pub fn subscription(config: &SubscriptionConfig) -> Result<(), String> {
     duration_ms("ack_deadline", millis(config.ack_deadline))?;
-    retry(&config.retry)
+    retry(&config.retry)?;
+    match &config.push {
+        Some(p) => push(p),
+        None => Ok(()),
+    }
 }
 
 /// The durations an update of a subscription sets.
@@ -55,10 +59,25 @@ pub fn subscription_update(update: &SubscriptionUpdate) -> Result<(), String> {
     if let Some(d) = update.ack_deadline {
         duration_ms("ack_deadline", millis(d))?;
     }
-    match &update.retry {
-        Some(r) => retry(r),
-        None => Ok(()),
+    if let Some(r) = &update.retry {
+        retry(r)?;
     }
+    match &update.push {
+        Some(Some(p)) => push(p),
+        _ => Ok(()),
+    }
+}
+
+/// What the engine cannot judge: the timeout's range and the secret's form.
+fn push(p: &courier_core::PushConfig) -> Result<(), String> {
+    duration_ms("push.timeout", millis(p.timeout))?;
+    if let Some(secret) = &p.secret {
+        courier_api::push::secret_key(secret).map_err(|_| {
+            "push.secret must be whsec_ followed by base64 (e.g. whsec_ and 24 random bytes in base64)"
+                .to_string()
+        })?;
+    }
+    Ok(())
 }
 
 fn retry(r: &RetryPolicy) -> Result<(), String> {

@@ -23,6 +23,9 @@ pub struct Config {
     pub topics: Vec<DeclaredTopic>,
     /// Subscriptions created at start when missing (after the topics).
     pub subscriptions: Vec<DeclaredSubscription>,
+    /// Services that push subscriptions deliver to, with their fixed
+    /// instances (more can register at run time).
+    pub services: Vec<DeclaredService>,
 }
 
 /// Which engine stores the messages, and each engine's own section.
@@ -270,6 +273,31 @@ pub struct DeclaredSubscription {
     pub config: SubscriptionConfig,
 }
 
+/// `[[services]]`: a service, its fixed instances and the resilient
+/// client's settings for it (see `courier_upstream::ServiceConfig`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeclaredService {
+    pub name: String,
+    /// Base URLs (`http://host:port`) of instances that never expire.
+    #[serde(default)]
+    pub instances: Vec<DeclaredInstance>,
+    #[serde(flatten)]
+    pub config: courier_upstream::ServiceConfig,
+}
+
+/// A fixed instance: `{ url = "http://10.0.0.7:9000", weight = 2 }`; the
+/// id defaults to the URL's host and port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeclaredInstance {
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -442,6 +470,22 @@ impl Config {
                 .map_err(|e| ConfigError::Invalid(format!("[[topics]]: {e}")))?;
             if !seen.insert(&t.name) {
                 return bad(format!("[[topics]] declares '{}' twice", t.name));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for svc in &self.services {
+            courier_core::error::validate_name(&svc.name)
+                .map_err(|e| ConfigError::Invalid(format!("[[services]]: {e}")))?;
+            if !seen.insert(&svc.name) {
+                return bad(format!("[[services]] declares '{}' twice", svc.name));
+            }
+            if let Some(problem) = svc.config.problem() {
+                return bad(format!("[[services]] '{}': {problem}", svc.name));
+            }
+            for i in &svc.instances {
+                crate::api::instance_from(&i.url, i.id.clone(), i.weight).map_err(|e| {
+                    ConfigError::Invalid(format!("[[services]] '{}': {}", svc.name, e.detail))
+                })?;
             }
         }
         let mut seen = std::collections::HashSet::new();

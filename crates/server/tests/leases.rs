@@ -341,7 +341,13 @@ async fn capabilities_list_the_engines_features() {
         .iter()
         .map(|f| f.as_str().unwrap())
         .collect();
-    for name in ["ordering_keys", "lease_extension", "subscription_update"] {
+    for name in [
+        "ordering_keys",
+        "lease_extension",
+        "subscription_update",
+        "release",
+        "reject",
+    ] {
         assert!(listed.contains(&name), "{name} in {listed:?}");
     }
     let caps = server.client.capabilities().await.unwrap();

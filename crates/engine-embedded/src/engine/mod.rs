@@ -106,9 +106,7 @@ impl EmbeddedEngine {
             tokio::task::spawn_blocking(move || recover(&cfg, &dir, recovery_clock, &token))
                 .await
                 .map_err(|e| Error::Storage(format!("recovery panicked: {e}")))??;
-        let mut caps = Capabilities::all("embedded", config.max_message_bytes);
-        caps.features.remove(&courier_core::Feature::Release);
-        caps.features.remove(&courier_core::Feature::Reject);
+        let caps = Capabilities::all("embedded", config.max_message_bytes);
         let engine = Arc::new_cyclic(|me| EmbeddedEngine {
             config,
             clock,
@@ -499,6 +497,19 @@ impl Engine for EmbeddedEngine {
         let ack_deadline = sub.state.lock().config().ack_deadline;
         self.caps.check_extend(by, ack_deadline)?;
         sub.extend(tokens, by).await
+    }
+
+    async fn release(&self, subscription: &str, tokens: &[LeaseToken]) -> Result<Vec<Outcome>> {
+        self.sub_ref(subscription)?.release(tokens).await
+    }
+
+    async fn reject(
+        &self,
+        subscription: &str,
+        tokens: &[LeaseToken],
+        error: Option<String>,
+    ) -> Result<Vec<Outcome>> {
+        self.sub_ref(subscription)?.reject(tokens, error).await
     }
 
     async fn seek(&self, subscription: &str, target: SeekTarget) -> Result<()> {

@@ -17,8 +17,8 @@
 //!   never by the backlog.
 //! - Each pending entry is in exactly one index that matches its state:
 //!   `leases` (leased), `ready` (waiting and deliverable once its time comes),
-//!   `exhausted` (out of attempts, to be dead-lettered), `dying` (being
-//!   dead-lettered), or none (blocked behind an earlier message of its key).
+//!   `exhausted` (out of attempts or rejected, to be dead-lettered), `dying`
+//!   (being dead-lettered), or none (blocked behind an earlier message of its key).
 //! - In an ordered subscription only the lowest pending sequence of a key can be
 //!   leased, and only while no other message of the key is (one can be when a
 //!   replayed dead letter sorted before it), so one message per key is in
@@ -113,6 +113,21 @@ pub enum Event {
         at: Millis,
         dlq_cursor: Seq,
     },
+    // New variants go last: journals encode the variant's index, so older
+    // journals stay readable.
+    /// Leased messages given back untried: the lease's attempt is taken back
+    /// and they are deliverable at once, ahead of what became deliverable
+    /// after them (waiting since time 0).
+    Released {
+        seqs: Vec<Seq>,
+    },
+    /// Leased messages the consumer rejected: dead-lettered whatever attempts
+    /// remain (even when the retry policy never dead-letters), with `error`
+    /// as their last error.
+    Rejected {
+        seqs: Vec<Seq>,
+        error: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,8 +142,17 @@ enum EntryState {
         /// the subscription, so it fences tokens of earlier leases.
         lease: u64,
     },
-    /// Being moved to the dead-letter topic; never journaled.
-    Dying,
+    /// Being moved to the dead-letter topic; never journaled nor in a
+    /// snapshot (see [`SubState::snapshot`]), so its form may change.
+    Dying {
+        /// It was rejected: if the dead-lettering does not finish it goes
+        /// back to `Rejected`, not to waiting.
+        rejected: bool,
+    },
+    // New variants go last: snapshots encode the variant's index, so older
+    // snapshots stay readable.
+    /// Rejected by the consumer: to be dead-lettered whatever its attempts.
+    Rejected,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -254,9 +278,14 @@ impl SubState {
             .map(|(&seq, e)| {
                 let mut e = e.clone();
                 // A dead-lettering that did not finish is redone after a restart:
-                // the entry is still exhausted, so it lands in `exhausted` again.
-                if e.state == EntryState::Dying {
-                    e.state = EntryState::Waiting { at: 0 };
+                // the entry is still exhausted (or rejected), so it lands in
+                // `exhausted` again.
+                if let EntryState::Dying { rejected } = e.state {
+                    e.state = if rejected {
+                        EntryState::Rejected
+                    } else {
+                        EntryState::Waiting { at: 0 }
+                    };
                 }
                 (seq, e)
             })
@@ -346,7 +375,9 @@ impl SubState {
                 state: EntryState::Leased { lease: l, .. },
                 ..
             }) if *l == lease => Outcome::Ok,
-            Some(e) if e.attempts == 0 => Outcome::NotLeased,
+            // Leases of this incarnation are numbered after its birth: an
+            // earlier number is a token from before a replay or seek.
+            Some(e) if e.attempts == 0 && lease <= e.born => Outcome::NotLeased,
             Some(_) => Outcome::LeaseLost,
         }
     }
@@ -468,12 +499,36 @@ impl SubState {
             .collect()
     }
 
+    /// Gives leased messages back untried (see [`Event::Released`]); the
+    /// others in `seqs` are ignored.
+    pub fn release(&mut self, seqs: &[Seq]) -> Option<Event> {
+        let seqs: Vec<Seq> = seqs
+            .iter()
+            .copied()
+            .filter(|s| self.is_leased(*s))
+            .collect();
+        (!seqs.is_empty()).then(|| self.emit(Event::Released { seqs }))
+    }
+
+    /// Marks leased messages for dead-lettering at once (see
+    /// [`Event::Rejected`]); the others in `seqs` are ignored.
+    pub fn reject(&mut self, seqs: &[Seq], error: Option<String>) -> Option<Event> {
+        let seqs: Vec<Seq> = seqs
+            .iter()
+            .copied()
+            .filter(|s| self.is_leased(*s))
+            .collect();
+        (!seqs.is_empty()).then(|| self.emit(Event::Rejected { seqs, error }))
+    }
+
     /// Settles the pending messages among `seqs` (leased or waiting).
     pub fn ack(&mut self, seqs: &[Seq]) -> Option<Event> {
         let seqs: Vec<Seq> = seqs
             .iter()
             .copied()
-            .filter(|s| matches!(self.pending.get(s), Some(e) if e.state != EntryState::Dying))
+            .filter(|s| {
+                matches!(self.pending.get(s), Some(e) if !matches!(e.state, EntryState::Dying { .. }))
+            })
             .collect();
         (!seqs.is_empty()).then(|| self.emit(Event::Acked { seqs }))
     }
@@ -491,7 +546,7 @@ impl SubState {
         (event, lost)
     }
 
-    /// Marks messages out of attempts as being dead-lettered and returns them
+    /// Marks messages out of attempts (or rejected) as being dead-lettered and returns them
     /// with their attempts and last error. The engine stores them in the
     /// dead-letter topic, then applies [`Event::DeadLettered`], or
     /// [`abort_dead_letter`](Self::abort_dead_letter) if that failed.
@@ -504,7 +559,9 @@ impl SubState {
                     .pending
                     .get_mut(&seq)
                     .expect("indexed entry is pending");
-                entry.state = EntryState::Dying;
+                entry.state = EntryState::Dying {
+                    rejected: entry.state == EntryState::Rejected,
+                };
                 self.dying.insert(seq);
                 PendingView {
                     seq,
@@ -521,7 +578,10 @@ impl SubState {
         for &seq in seqs {
             if self.dying.remove(&seq) {
                 let entry = self.pending.get_mut(&seq).expect("dying entry is pending");
-                entry.state = EntryState::Waiting { at: 0 };
+                entry.state = match entry.state {
+                    EntryState::Dying { rejected: true } => EntryState::Rejected,
+                    _ => EntryState::Waiting { at: 0 },
+                };
                 self.place(seq);
             }
         }
@@ -558,8 +618,12 @@ impl SubState {
         (cursor > self.delay_cursor).then(|| self.emit(Event::Due { seqs: due, cursor }))
     }
 
-    /// Takes on the mutable settings of `config`.
+    /// Takes on the mutable settings of `config`. Push settings are taken as
+    /// they are, with no event: the state machine never reads them, and a
+    /// restart takes them from the engine's metadata with the rest of the
+    /// configuration.
     pub fn reconfigure(&mut self, config: &SubscriptionConfig) -> Option<Event> {
+        self.config.push = config.push.clone();
         let event = Event::Reconfigured {
             ack_deadline_ms: u64::try_from(config.ack_deadline.as_millis()).unwrap_or(u64::MAX),
             max_in_flight: config.max_in_flight,
@@ -715,7 +779,7 @@ impl SubState {
                     // or waiting for it when replayed over a snapshot): a seek
                     // or replay may have brought a fresh copy back meanwhile.
                     let dead = self.pending.get(&seq).is_some_and(|e| match e.state {
-                        EntryState::Dying => true,
+                        EntryState::Dying { .. } | EntryState::Rejected => true,
                         EntryState::Waiting { .. } => self.config.retry.exhausted(e.attempts),
                         EntryState::Leased { .. } => false,
                     });
@@ -804,6 +868,42 @@ impl SubState {
                 }
                 self.dlq_cursor = self.dlq_cursor.max(*dlq_cursor);
             }
+            Event::Released { seqs } => {
+                for &seq in seqs {
+                    if !self.is_leased(seq) {
+                        continue;
+                    }
+                    self.unplace(seq);
+                    let entry = self.pending.get_mut(&seq).expect("leased");
+                    // The attempt was counted when leased; it was never made.
+                    entry.attempts = entry.attempts.saturating_sub(1);
+                    entry.state = EntryState::Waiting { at: 0 };
+                    let key = entry.key.clone();
+                    self.place(seq);
+                    if let Some(key) = key {
+                        self.place_head(&key);
+                    }
+                }
+            }
+            Event::Rejected { seqs, error } => {
+                let shared_error: Option<Arc<str>> = error.as_deref().map(Arc::from);
+                for &seq in seqs {
+                    if !self.is_leased(seq) {
+                        continue;
+                    }
+                    self.unplace(seq);
+                    let entry = self.pending.get_mut(&seq).expect("leased");
+                    entry.state = EntryState::Rejected;
+                    entry.last_error = shared_error.clone();
+                    let key = entry.key.clone();
+                    self.place(seq);
+                    // Its key stays held by it until it is dead-lettered,
+                    // unless a replayed message sorted before it.
+                    if let Some(key) = key {
+                        self.place_head(&key);
+                    }
+                }
+            }
         }
     }
 
@@ -877,8 +977,11 @@ impl SubState {
                     }
                 }
             }
-            EntryState::Dying => {
+            EntryState::Dying { .. } => {
                 self.dying.insert(seq);
+            }
+            EntryState::Rejected => {
+                self.exhausted.insert(seq);
             }
             EntryState::Waiting { at } => {
                 if self.config.retry.exhausted(entry.attempts) {
@@ -914,8 +1017,11 @@ impl SubState {
                     }
                 }
             }
-            EntryState::Dying => {
+            EntryState::Dying { .. } => {
                 self.dying.remove(&seq);
+            }
+            EntryState::Rejected => {
+                self.exhausted.remove(&seq);
             }
             EntryState::Waiting { at } => {
                 self.ready.remove(&(*at, seq));

@@ -297,6 +297,236 @@ fn huge_durations_saturate_instead_of_wrapping() {
     assert!(event.is_some() && lost.is_empty());
 }
 
+#[test]
+fn release_takes_the_attempt_back_and_redelivers_first() {
+    let mut s = SubState::new(config(false), 1);
+    s.scanned(4, 5, vec![]);
+    assert_eq!(leased(s.lease(5, "c", 2)), vec![1, 2]);
+    let lease = s.applied();
+    // 3 is ready since 5, yet the released messages go first, in order.
+    let e = s.release(&[2, 1, 3]).expect("two were leased");
+    assert_eq!(e, Event::Released { seqs: vec![2, 1] });
+    assert_eq!((s.in_flight(), s.waiting()), (0, 3));
+    assert_eq!(
+        s.pending(1).unwrap().attempts,
+        0,
+        "the lease's attempt is taken back"
+    );
+    // A token of a given-back lease is lost, not "never leased".
+    assert_eq!(s.lease_status(1, lease), Outcome::LeaseLost);
+    assert!(s.release(&[1, 2]).is_none(), "nothing leased any more");
+    assert_restores(&s);
+    assert_eq!(leased(s.lease(30, "c", 10)), vec![1, 2, 3]);
+    assert_eq!(s.pending(1).unwrap().attempts, 1);
+    assert_eq!(s.counters().delivered, 5, "deliveries are counted as made");
+}
+
+#[test]
+fn release_on_the_last_attempt_does_not_dead_letter() {
+    let mut s = SubState::new(config(false), 1);
+    s.scanned(2, 0, vec![]);
+    for t in [0, 1_000] {
+        assert_eq!(leased(s.lease(t, "c", 1)), vec![1]);
+        s.nack(
+            &[1],
+            t,
+            Some(Duration::ZERO),
+            Some("boom".into()),
+            &mut zero,
+        );
+    }
+    assert_eq!(leased(s.lease(2_000, "c", 1)), vec![1]);
+    assert_eq!(s.pending(1).unwrap().attempts, 3, "the last attempt");
+    s.release(&[1]);
+    assert_eq!(
+        s.pending(1).unwrap().last_error.as_deref(),
+        Some("boom"),
+        "the last error stays"
+    );
+    assert!(s.take_exhausted(10).is_empty());
+    assert_eq!(s.pending(1).unwrap().attempts, 2);
+    assert_restores(&s);
+    assert_eq!(leased(s.lease(2_000, "c", 1)), vec![1]);
+    assert_eq!(s.pending(1).unwrap().attempts, 3);
+    s.nack(&[1], 2_000, None, None, &mut zero);
+    assert_eq!(
+        s.take_exhausted(10).len(),
+        1,
+        "a real last failure still dead-letters"
+    );
+}
+
+#[test]
+fn a_released_head_goes_before_the_rest_of_its_key() {
+    let mut s = SubState::new(config(true), 1);
+    let k = |seq, key: &str| Scanned {
+        seq,
+        key: Some(key.into()),
+        deliver_at: None,
+    };
+    s.scanned(4, 0, vec![k(1, "a"), k(2, "a"), k(3, "b")]);
+    assert_eq!(leased(s.lease(0, "c", 10)), vec![1, 3]);
+    s.release(&[1]);
+    assert_eq!(leased(s.lease(5, "d", 10)), vec![1]);
+    assert_eq!(s.pending(1).unwrap().attempts, 1);
+    s.ack(&[1]);
+    assert_eq!(leased(s.lease(5, "d", 10)), vec![2]);
+}
+
+#[test]
+fn reject_dead_letters_whatever_attempts_remain() {
+    let mut cfg = config(true);
+    cfg.retry.max_attempts = 0;
+    let mut s = SubState::new(cfg.clone(), 1);
+    let k = |seq| Scanned {
+        seq,
+        key: Some("k".into()),
+        deliver_at: None,
+    };
+    s.scanned(3, 0, vec![k(1), k(2)]);
+    assert_eq!(leased(s.lease(0, "c", 10)), vec![1]);
+    let lease = s.applied();
+    let e = s.reject(&[1, 2], Some("unparseable".into()));
+    assert_eq!(
+        e,
+        Some(Event::Rejected {
+            seqs: vec![1],
+            error: Some("unparseable".into())
+        })
+    );
+    assert_eq!(s.lease_status(1, lease), Outcome::LeaseLost);
+    assert!(s.reject(&[1], None).is_none(), "no longer leased");
+    assert!(s.release(&[1]).is_none(), "no longer leased");
+    // Its key waits for the dead-lettering.
+    assert!(leased(s.lease(0, "c", 10)).is_empty());
+    assert_restores(&s);
+    let dead = s.take_exhausted(10);
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].seq, dead[0].attempts, dead[0].last_error.as_deref()),
+        (1, 1, Some("unparseable"))
+    );
+    // A restart mid-way redoes it; so does a failed store.
+    let snap = s.snapshot();
+    let mut r = SubState::restore(cfg, snap);
+    assert_eq!(r.take_exhausted(10).len(), 1);
+    s.abort_dead_letter(&[1]);
+    assert!(leased(s.lease(0, "c", 10)).is_empty());
+    assert_eq!(s.take_exhausted(10).len(), 1);
+    s.emit(Event::DeadLettered { seqs: vec![1] });
+    r.emit(Event::DeadLettered { seqs: vec![1] });
+    assert_eq!(s.counters().dead_lettered, 1);
+    assert_eq!(r.snapshot(), s.snapshot());
+    assert_eq!(leased(s.lease(0, "c", 10)), vec![2]);
+    // Dead-lettered once: applying the event again changes nothing.
+    s.emit(Event::DeadLettered { seqs: vec![1] });
+    assert_eq!(s.counters().dead_lettered, 1);
+}
+
+#[test]
+fn push_settings_change_without_an_event() {
+    let mut s = SubState::new(config(false), 1);
+    s.scanned(3, 0, vec![]);
+    s.lease(0, "c", 1);
+    let before = s.snapshot();
+    let mut cfg = s.config().clone();
+    cfg.push = Some(courier_core::PushConfig {
+        service: "svc".into(),
+        ..courier_core::PushConfig::default()
+    });
+    assert!(s.reconfigure(&cfg).is_none());
+    assert_eq!(s.config(), &cfg);
+    assert_eq!(s.snapshot(), before);
+    cfg.push = None;
+    assert!(s.reconfigure(&cfg).is_none());
+    assert_eq!(s.config().push, None);
+}
+
+/// Journals and snapshots are postcard, which encodes an enum variant by its
+/// index: new variants go last so that what older versions wrote stays
+/// readable. These are the indexes on disk.
+#[test]
+fn journal_and_snapshot_encodings_keep_their_variant_indexes() {
+    let index = |e: &Event| postcard::to_stdvec(e).unwrap()[0];
+    let events = [
+        Event::Scanned {
+            to: 1,
+            at: 0,
+            meta: vec![],
+            skip: vec![],
+            deferred: 0,
+        },
+        Event::Due {
+            seqs: vec![],
+            cursor: (0, 0),
+        },
+        Event::Leased {
+            consumer: "c".into(),
+            deadline: 0,
+            seqs: vec![],
+        },
+        Event::Acked { seqs: vec![] },
+        Event::Retry {
+            at: vec![],
+            error: None,
+        },
+        Event::Extended {
+            deadline: 0,
+            seqs: vec![],
+        },
+        Event::DeadLettered { seqs: vec![] },
+        Event::Seeked { to: 1 },
+        Event::Trimmed { first: 1 },
+        Event::Reconfigured {
+            ack_deadline_ms: 1,
+            max_in_flight: 1,
+            max_in_flight_per_consumer: 1,
+            retry: RetryPolicy::default(),
+            dead_letter_topic: None,
+        },
+        Event::Replayed {
+            seqs: vec![],
+            at: 0,
+            dlq_cursor: 0,
+        },
+        Event::Released { seqs: vec![] },
+        Event::Rejected {
+            seqs: vec![],
+            error: None,
+        },
+    ];
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(index(e) as usize, i, "{e:?}");
+        let back: Event = postcard::from_bytes(&postcard::to_stdvec(e).unwrap()).unwrap();
+        assert_eq!(&back, e);
+    }
+    // A snapshot as the previous version wrote it: one waiting entry (3,
+    // born 1, attempt 1, error "e") and one leased (4, consumer "c").
+    let old: &[u8] = &[
+        7, 5, 1, 0, 0, 0, 0, 2, 0, 0, 2, // applied .. counters, 2 entries
+        3, 1, 1, 0, 0, 9, 1, 1, b'e', // 3: waiting at 9, error "e"
+        4, 1, 1, 0, 1, 1, b'c', 20, 6, 0, // 4: leased to c until 20, lease 6
+    ];
+    let snap: Snapshot = postcard::from_bytes(old).expect("an old snapshot decodes");
+    assert_eq!(postcard::to_stdvec(&snap).unwrap(), old);
+    let s = SubState::restore(config(false), snap);
+    assert_eq!((s.tracked(), s.in_flight(), s.waiting()), (2, 1, 1));
+    assert_eq!(s.pending(3).unwrap().last_error.as_deref(), Some("e"));
+    assert_eq!(s.lease_status(4, 6), Outcome::Ok);
+    // A rejected entry is the new state variant 3.
+    let mut s = SubState::new(config(false), 1);
+    s.scanned(2, 0, vec![]);
+    s.lease(0, "c", 1);
+    s.reject(&[1], None);
+    let bytes = postcard::to_stdvec(&s.snapshot()).unwrap();
+    let entry = &bytes[bytes.len() - 6..];
+    assert_eq!(
+        entry,
+        &[1, 1, 1, 0, 3, 0],
+        "seq, born, attempts, key, state, error"
+    );
+}
+
 /// Model check: after any sequence of operations, every index equals what a
 /// recomputation from `pending` gives, and the journaled events alone rebuild
 /// the same state (what a restart does).
@@ -328,15 +558,18 @@ mod model {
                             *busy_keys.entry(key.clone()).or_default() += 1;
                         }
                     }
-                    EntryState::Dying => {
+                    EntryState::Dying { .. } => {
                         dying.insert(seq);
                     }
-                    EntryState::Waiting { .. } => {}
+                    EntryState::Waiting { .. } | EntryState::Rejected => {}
                 }
             }
             let mut ready = BTreeSet::new();
             let mut exhausted = BTreeSet::new();
             for (&seq, e) in &self.pending {
+                if e.state == EntryState::Rejected {
+                    exhausted.insert(seq);
+                }
                 if let EntryState::Waiting { at } = e.state {
                     let blocked = e.key.as_ref().is_some_and(|key| {
                         keys[key].first() != Some(&seq) || busy_keys.contains_key(key)
@@ -373,6 +606,8 @@ mod model {
         Seek(Seq),
         Trim(Seq),
         Replay(Vec<Seq>),
+        Release(Vec<Seq>),
+        Reject(Vec<Seq>),
     }
 
     fn seqs() -> impl Strategy<Value = Vec<Seq>> {
@@ -391,6 +626,8 @@ mod model {
             1 => (1..30u64).prop_map(Op::Seek),
             1 => (1..30u64).prop_map(Op::Trim),
             1 => seqs().prop_map(Op::Replay),
+            2 => seqs().prop_map(Op::Release),
+            1 => seqs().prop_map(Op::Reject),
         ]
     }
 
@@ -478,6 +715,8 @@ mod model {
                         let seqs = s.into_iter().map(|seq| (seq, key_of(seq))).collect();
                         journal.push(live.emit(Event::Replayed { seqs, at: now, dlq_cursor }));
                     }
+                    Op::Release(s) => journal.extend(live.release(&s)),
+                    Op::Reject(s) => journal.extend(live.reject(&s, Some("rejected".into()))),
                 }
                 live.assert_consistent();
             }

@@ -5,6 +5,8 @@
 mod broker;
 mod codec;
 mod messages;
+mod services;
+pub(crate) use services::instance_from;
 mod subscriptions;
 mod topics;
 
@@ -36,6 +38,8 @@ pub(crate) struct AppState(Arc<Shared>);
 
 pub(crate) struct Shared {
     pub engine: Arc<dyn Engine>,
+    /// Push delivery; it holds the services (`upstreams`) too.
+    pub pusher: Arc<courier_push::Pusher>,
     pub max_pull_wait: Duration,
     pub max_headers_per_message: usize,
     /// Cancelled when shutdown begins: waiting pulls give up, `/readyz` turns 503.
@@ -50,10 +54,21 @@ impl std::ops::Deref for AppState {
     }
 }
 
+impl Shared {
+    pub fn upstreams(&self) -> &courier_upstream::Upstreams {
+        self.pusher.upstreams()
+    }
+}
+
 impl AppState {
-    pub(crate) fn new(engine: Arc<dyn Engine>, config: &ServerConfig) -> Self {
+    pub(crate) fn new(
+        engine: Arc<dyn Engine>,
+        pusher: Arc<courier_push::Pusher>,
+        config: &ServerConfig,
+    ) -> Self {
         Self(Arc::new(Shared {
             engine,
+            pusher,
             max_pull_wait: config.max_pull_wait,
             max_headers_per_message: config.max_headers_per_message,
             draining: CancellationToken::new(),
@@ -74,12 +89,15 @@ impl AppState {
         (name = "messages", description = "Publish and browse messages"),
         (name = "subscriptions", description = "Subscriptions, leases and acknowledgements"),
         (name = "dead-letters", description = "Messages that ran out of attempts"),
+        (name = "services", description = "Named pools of instances that push subscriptions deliver to"),
         (name = "broker", description = "Health, statistics and this document"),
     ),
     components(schemas(
         courier_api::schema::StartPosition,
         courier_api::schema::RetryPolicy,
         courier_api::schema::Retention,
+        courier_api::schema::PushConfig,
+        courier_api::schema::ServiceConfig,
     )),
 )]
 struct ApiDoc;
@@ -305,6 +323,18 @@ fn quick_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(subscriptions::nack))
         .routes(routes!(subscriptions::extend))
         .routes(routes!(subscriptions::seek))
+        .routes(routes!(services::release))
+        .routes(routes!(services::reject))
+        .routes(routes!(services::push_stats))
+        .routes(routes!(services::list_services))
+        .routes(routes!(
+            services::get_service,
+            services::define_service,
+            services::delete_service
+        ))
+        .routes(routes!(services::register_instance))
+        .routes(routes!(services::heartbeat))
+        .routes(routes!(services::deregister))
         .routes(routes!(subscriptions::dead_letters))
         .routes(routes!(subscriptions::replay_dead_letters))
         .routes(routes!(broker::stats))

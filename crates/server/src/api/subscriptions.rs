@@ -50,13 +50,28 @@ pub(crate) async fn create_subscription(
     bounds::subscription(&config).map_err(ApiError::invalid_argument)?;
     let existed = s.engine.subscription(&name).await.is_ok();
     let info = s.engine.create_subscription(&name, config).await?;
+    s.pusher.sync_one(&info);
     let status = if existed {
         StatusCode::OK
     } else {
         StatusCode::CREATED
     };
-    Ok((status, Json(info)))
+    Ok((status, Json(redacted(info))))
 }
+
+/// Push secrets and bearer tokens are write-only: answers show that one is
+/// set, never its value.
+pub(super) fn redacted(mut info: SubscriptionInfo) -> SubscriptionInfo {
+    if let Some(push) = info.config.push.as_mut() {
+        for secret in [&mut push.secret, &mut push.bearer_token].into_iter().flatten() {
+            *secret = REDACTED.to_string();
+        }
+    }
+    info
+}
+
+/// What answers show in place of a push secret or bearer token.
+pub const REDACTED: &str = "(redacted)";
 
 #[utoipa::path(
     get, path = "/v1/subscriptions", tag = "subscriptions",
@@ -66,6 +81,7 @@ pub(crate) async fn list_subscriptions(
     State(s): State<AppState>,
 ) -> Result<Json<SubscriptionList>, ApiError> {
     let subscriptions = s.engine.list_subscriptions().await?;
+    let subscriptions = subscriptions.into_iter().map(redacted).collect();
     Ok(Json(SubscriptionList { subscriptions }))
 }
 
@@ -81,7 +97,7 @@ pub(crate) async fn get_subscription(
     State(s): State<AppState>,
     Name(name): Name,
 ) -> Result<Json<SubscriptionInfo>, ApiError> {
-    Ok(Json(s.engine.subscription(&name).await?))
+    Ok(Json(redacted(s.engine.subscription(&name).await?)))
 }
 
 /// Changes a live subscription's settings; fields left out keep their value.
@@ -107,7 +123,9 @@ pub(crate) async fn update_subscription(
     JsonBody(update): JsonBody<SubscriptionUpdate>,
 ) -> Result<Json<SubscriptionInfo>, ApiError> {
     bounds::subscription_update(&update).map_err(ApiError::invalid_argument)?;
-    Ok(Json(s.engine.update_subscription(&name, update).await?))
+    let info = s.engine.update_subscription(&name, update).await?;
+    s.pusher.sync_one(&info);
+    Ok(Json(redacted(info)))
 }
 
 #[utoipa::path(
@@ -123,6 +141,7 @@ pub(crate) async fn delete_subscription(
     Name(name): Name,
 ) -> Result<StatusCode, ApiError> {
     s.engine.delete_subscription(&name).await?;
+    s.pusher.remove(&name);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -215,7 +234,7 @@ pub(crate) async fn pull(
 
 /// 1 to [`MAX_TOKENS`] tokens: an empty list is a client bug, and a huge one
 /// would hold the subscription's lock for too long.
-fn check_tokens(tokens: &[LeaseToken]) -> Result<(), ApiError> {
+pub(super) fn check_tokens(tokens: &[LeaseToken]) -> Result<(), ApiError> {
     match tokens.len() {
         0 => Err(ApiError::invalid_argument("tokens must not be empty")),
         n if n > MAX_TOKENS => Err(ApiError::invalid_argument(format!(

@@ -35,11 +35,16 @@ pub enum ServerError {
         name: String,
         source: EngineError,
     },
+    #[error("cannot start push delivery: {0}")]
+    Push(EngineError),
     #[error("engine shutdown failed: {0}")]
     EngineShutdown(EngineError),
     #[error("io error: {0}")]
     Io(#[from] std::io::Error),
 }
+
+/// How long a push worker's pull waits before it looks at its service again.
+const PUSH_PULL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Serves the API on `listener` until `shutdown` completes, then drains and
 /// shuts the engine down. Creates the topics and subscriptions the config declares first.
@@ -53,7 +58,18 @@ pub async fn run(
     // Before serving: the engine's fsyncs are recorded from here on.
     crate::metrics::handle();
 
-    let state = AppState::new(engine.clone(), &config.server);
+    let upstreams = courier_upstream::Upstreams::new();
+    for svc in &config.services {
+        let service = upstreams.define(&svc.name, svc.config.clone());
+        for i in &svc.instances {
+            let instance = crate::api::instance_from(&i.url, i.id.clone(), i.weight)
+                .expect("checked by Config::validate");
+            service.add_static(instance);
+        }
+    }
+    let pusher = courier_push::Pusher::new(engine.clone(), upstreams.clone(), PUSH_PULL_WAIT);
+    pusher.sync().await.map_err(ServerError::Push)?;
+    let state = AppState::new(engine.clone(), pusher.clone(), &config.server);
     let rate_limit = RateLimit::from_config(&config.server);
     if let Some(limit) = &rate_limit {
         tokio::spawn(limit.clone().sweep(state.draining.clone()));
@@ -110,12 +126,18 @@ pub async fn run(
     state.draining.cancel();
     let grace = config.server.shutdown_timeout;
     tasks.close();
-    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
-        tracing::warn!(
-            grace_ms = grace.as_millis() as u64,
-            "in-flight requests still running after the shutdown timeout; closing anyway"
-        );
-    }
+    // Requests and pushes drain side by side, within the same grace; pushes
+    // still running at its end are cut and their messages released.
+    let requests = async {
+        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "in-flight requests still running after the shutdown timeout; closing anyway"
+            );
+        }
+    };
+    tokio::join!(requests, pusher.shutdown(grace));
+    upstreams.shutdown();
     tracing::info!("connections closed; flushing the engine");
     engine
         .shutdown()

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod receiver;
+
 use courier_client::Client;
 use courier_core::Engine;
 use courier_embedded::{EmbeddedConfig, EmbeddedEngine};
