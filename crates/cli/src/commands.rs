@@ -469,7 +469,10 @@ async fn service(client: &Client, out: &Output, c: ServiceCommand) -> Result<(),
         }
         ServiceCommand::Delete { name } => {
             client.delete_service(&name).await?;
-            out.value(&serde_json::json!({ "deleted": name }), &format!("service {name} deleted"));
+            out.value(
+                &serde_json::json!({ "deleted": name }),
+                &format!("service {name} deleted"),
+            );
         }
         ServiceCommand::Register {
             name,
@@ -500,5 +503,8 @@ async fn service(client: &Client, out: &Output, c: ServiceCommand) -> Result<(),
 /// `name  3 instances (2 ready)` for `service list`.
 fn service_line(s: &serde_json::Value) -> String {
     let instances = s["stats"]["instances"].as_array().map_or(0, Vec::len);
-    format!("{}\t{instances} instance(s)", s["name"].as_str().unwrap_or("?"))
+    format!(
+        "{}\t{instances} instance(s)",
+        s["name"].as_str().unwrap_or("?")
+    )
 }

@@ -428,7 +428,11 @@ impl Client {
 
     /// The OpenAPI document the server serves.
     /// Gives leased messages back without spending an attempt; one result per token.
-    pub async fn release(&self, subscription: &str, tokens: &[LeaseToken]) -> Result<SettleResponse> {
+    pub async fn release(
+        &self,
+        subscription: &str,
+        tokens: &[LeaseToken],
+    ) -> Result<SettleResponse> {
         let body = AckBody {
             tokens: tokens.to_vec(),
         };
@@ -500,7 +504,10 @@ impl Client {
     }
 
     pub async fn deregister(&self, service: &str, id: &str) -> Result<()> {
-        let request = self.request(Method::DELETE, &["v1", "services", service, "instances", id]);
+        let request = self.request(
+            Method::DELETE,
+            &["v1", "services", service, "instances", id],
+        );
         self.send(request).await.map(drop)
     }
 

@@ -21,7 +21,9 @@ pub(crate) enum Verdict {
         error: String,
     },
     /// Straight to the dead-letter topic.
-    DeadLetter { error: String },
+    DeadLetter {
+        error: String,
+    },
     /// Never reached a service: given back without spending an attempt.
     Release,
 }
@@ -57,13 +59,7 @@ pub(crate) fn batch(result: &Result<Reply, CallError>, deliveries: &[Delivery]) 
                 "unreadable batch answer from {} ({e}): expected {{\"results\":[{{\"id\",\"status\"}}]}}",
                 reply.instance
             );
-            return vec![
-                Verdict::Retry {
-                    delay: None,
-                    error
-                };
-                deliveries.len()
-            ];
+            return vec![Verdict::Retry { delay: None, error }; deliveries.len()];
         }
     };
     deliveries
@@ -72,7 +68,10 @@ pub(crate) fn batch(result: &Result<Reply, CallError>, deliveries: &[Delivery]) 
             let Some(entry) = answer.results.iter().find(|r| r.id == d.message.id) else {
                 return Verdict::Retry {
                     delay: None,
-                    error: format!("the batch answer from {} left this message out", reply.instance),
+                    error: format!(
+                        "the batch answer from {} left this message out",
+                        reply.instance
+                    ),
                 };
             };
             let error = || {
@@ -101,7 +100,11 @@ fn failed(reply: &Reply) -> Verdict {
     if let Some(reason) = reply.headers.get(h::DEAD_LETTER) {
         let reason = reason.to_str().unwrap_or("").trim();
         let error = if reason.is_empty() {
-            format!("HTTP {} from {}: dead-letter asked", reply.status.as_u16(), reply.instance)
+            format!(
+                "HTTP {} from {}: dead-letter asked",
+                reply.status.as_u16(),
+                reply.instance
+            )
         } else {
             reason.to_string()
         };
@@ -109,7 +112,11 @@ fn failed(reply: &Reply) -> Verdict {
     }
     Verdict::Retry {
         delay: retry_after(&reply.headers, SystemTime::now()),
-        error: format!("HTTP {} from {}: {body}", reply.status.as_u16(), reply.instance),
+        error: format!(
+            "HTTP {} from {}: {body}",
+            reply.status.as_u16(),
+            reply.instance
+        ),
     }
 }
 
@@ -125,7 +132,11 @@ fn call_error(e: &CallError) -> Verdict {
 
 /// `Retry-After` as whole seconds or as an HTTP date (RFC 9110 10.2.3).
 fn retry_after(headers: &http::HeaderMap, now: SystemTime) -> Option<Duration> {
-    let value = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let value = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
     let delay = match value.parse::<u64>() {
         Ok(secs) => Duration::from_secs(secs),
         Err(_) => httpdate::parse_http_date(value)
@@ -194,7 +205,10 @@ mod tests {
             }
         );
         // A dead-letter header on a 2xx is still an ack.
-        assert_eq!(single(&reply(200, &[("courier-dead-letter", "x")], "")), Verdict::Ack);
+        assert_eq!(
+            single(&reply(200, &[("courier-dead-letter", "x")], "")),
+            Verdict::Ack
+        );
         assert_eq!(single(&Err(CallError::NoInstance)), Verdict::Release);
         assert!(matches!(
             single(&Err(CallError::Timeout {

@@ -33,8 +33,8 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use worker::{Counters, Worker};
 pub use worker::PUSH_CONSUMER;
+use worker::{Counters, Worker};
 
 /// Push delivery for every push subscription of one engine.
 pub struct Pusher {
@@ -189,7 +189,12 @@ impl Pusher {
 
     /// Push statistics of one subscription; `None` when it is not pushed.
     pub async fn stats(&self, name: &str) -> courier_core::Result<Option<PushStats>> {
-        let Some(service) = self.running.lock().get(name).map(|r| r.config.service.clone()) else {
+        let Some(service) = self
+            .running
+            .lock()
+            .get(name)
+            .map(|r| r.config.service.clone())
+        else {
             return Ok(None);
         };
         let counters = self.counters.lock().get(name).cloned().unwrap_or_default();
@@ -198,7 +203,10 @@ impl Pusher {
             None
         } else {
             // The ack floor is the oldest unsettled sequence.
-            let oldest = self.engine.read(&info.config.topic, info.ack_floor, 1).await?;
+            let oldest = self
+                .engine
+                .read(&info.config.topic, info.ack_floor, 1)
+                .await?;
             oldest
                 .first()
                 .map(|m| courier_core::clock::wall_now().saturating_sub(m.published_at))
@@ -236,8 +244,13 @@ impl Pusher {
             r.stop.cancel();
         }
         self.tracker.close();
-        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
-            tracing::warn!("pushes still running after the shutdown grace; releasing their messages");
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "pushes still running after the shutdown grace; releasing their messages"
+            );
             self.abort.cancel();
             self.tracker.wait().await;
         }

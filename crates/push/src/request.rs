@@ -92,8 +92,16 @@ impl Signer {
         insert(map, h::TOPIC, &self.topic);
         if let Some(key) = &self.key {
             insert(map, h::WEBHOOK_ID, id);
-            insert(map, h::WEBHOOK_TIMESTAMP, itoa::Buffer::new().format(now_secs));
-            insert(map, h::WEBHOOK_SIGNATURE, &push::sign(key, id, now_secs, body));
+            insert(
+                map,
+                h::WEBHOOK_TIMESTAMP,
+                itoa::Buffer::new().format(now_secs),
+            );
+            insert(
+                map,
+                h::WEBHOOK_SIGNATURE,
+                &push::sign(key, id, now_secs, body),
+            );
         }
         if let Some(bearer) = &self.bearer {
             map.insert(AUTHORIZATION, bearer.clone());
@@ -188,7 +196,8 @@ mod tests {
             bearer_token: Some("tkn".into()),
             ..PushConfig::default()
         };
-        let req = Signer::new("notify", "reactions", &config).single(&delivery("{}"), 1_700_000_001);
+        let req =
+            Signer::new("notify", "reactions", &config).single(&delivery("{}"), 1_700_000_001);
         let hv = |n: &str| req.headers().get(n).unwrap().to_str().unwrap().to_string();
         assert_eq!(req.uri(), "/hooks/reactions?v=1");
         assert_eq!(req.body().as_ref(), b"{}");
@@ -205,8 +214,13 @@ mod tests {
         assert_eq!(hv("courier-subscription"), "notify");
         assert_eq!(hv("authorization"), "Bearer tkn");
         let verifier = courier_client::push::PushVerifier::new(secret).unwrap();
-        assert_eq!(verifier.verify_at(req.headers(), b"{}", 1_700_000_001), Ok(()));
-        assert!(verifier.verify_at(req.headers(), b"{ }", 1_700_000_001).is_err());
+        assert_eq!(
+            verifier.verify_at(req.headers(), b"{}", 1_700_000_001),
+            Ok(())
+        );
+        assert!(verifier
+            .verify_at(req.headers(), b"{ }", 1_700_000_001)
+            .is_err());
     }
 
     #[test]
@@ -216,8 +230,8 @@ mod tests {
             batch_size: 10,
             ..PushConfig::default()
         };
-        let req = Signer::new("notify", "reactions", &config)
-            .batch(&[delivery("a"), delivery("b")], 1);
+        let req =
+            Signer::new("notify", "reactions", &config).batch(&[delivery("a"), delivery("b")], 1);
         let batch: PushBatch = serde_json::from_slice(req.body()).unwrap();
         assert_eq!(batch.messages.len(), 2);
         assert_eq!(batch.messages[1].message.body.as_deref(), Some("b"));

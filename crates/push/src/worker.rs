@@ -144,8 +144,12 @@ impl Worker {
         _permit: OwnedSemaphorePermit,
     ) {
         let n = group.len() as u64;
-        self.counters.requests_in_flight.fetch_add(1, Ordering::Relaxed);
-        self.counters.messages_in_flight.fetch_add(n, Ordering::Relaxed);
+        self.counters
+            .requests_in_flight
+            .fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .messages_in_flight
+            .fetch_add(n, Ordering::Relaxed);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -165,8 +169,12 @@ impl Worker {
             () = self.abort.cancelled() => vec![Verdict::Release; group.len()],
         };
         self.settle(&group, verdicts).await;
-        self.counters.requests_in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.counters.messages_in_flight.fetch_sub(n, Ordering::Relaxed);
+        self.counters
+            .requests_in_flight
+            .fetch_sub(1, Ordering::Relaxed);
+        self.counters
+            .messages_in_flight
+            .fetch_sub(n, Ordering::Relaxed);
     }
 
     /// What a consistent-hash balancer hashes: the header named by
@@ -193,14 +201,22 @@ impl Worker {
                     metrics::counter!("courier_push_failures_total", "subscription" => sub.to_string())
                         .increment(1);
                     self.note_error(&error);
-                    log_settle(sub, "nack", self.engine.nack(sub, token, delay, Some(error)).await);
+                    log_settle(
+                        sub,
+                        "nack",
+                        self.engine.nack(sub, token, delay, Some(error)).await,
+                    );
                 }
                 Verdict::DeadLetter { error } => {
                     self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("courier_push_dead_letters_total", "subscription" => sub.to_string())
                         .increment(1);
                     self.note_error(&error);
-                    log_settle(sub, "reject", self.engine.reject(sub, token, Some(error)).await);
+                    log_settle(
+                        sub,
+                        "reject",
+                        self.engine.reject(sub, token, Some(error)).await,
+                    );
                 }
             }
         }
@@ -240,9 +256,16 @@ fn log_settle(
         Ok(outcomes) => {
             let lost = outcomes.iter().filter(|o| !o.is_ok()).count();
             if lost > 0 {
-                tracing::debug!(subscription, what, lost, "push: lease gone before settling (the message is redelivered)");
+                tracing::debug!(
+                    subscription,
+                    what,
+                    lost,
+                    "push: lease gone before settling (the message is redelivered)"
+                );
             }
         }
-        Err(e) => tracing::warn!(subscription, what, error = %e, "push: settle failed; the lease will expire"),
+        Err(e) => {
+            tracing::warn!(subscription, what, error = %e, "push: settle failed; the lease will expire")
+        }
     }
 }

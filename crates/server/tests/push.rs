@@ -18,7 +18,11 @@ const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// A server with topic `t` and service `svc` whose instances are `receivers`.
 async fn server_pushing_to(receivers: &[&Receiver]) -> TestServer {
     let server = TestServer::start().await;
-    server.client.create_topic("t", &Default::default()).await.unwrap();
+    server
+        .client
+        .create_topic("t", &Default::default())
+        .await
+        .unwrap();
     for (i, r) in receivers.iter().enumerate() {
         let reg = InstanceRegistration {
             url: r.url(),
@@ -51,7 +55,11 @@ fn retry(max_attempts: u32, backoff_ms: u64) -> RetryPolicy {
 }
 
 async fn subscribe(server: &TestServer, name: &str, config: SubscriptionConfig) {
-    server.client.create_subscription(name, &config).await.unwrap();
+    server
+        .client
+        .create_subscription(name, &config)
+        .await
+        .unwrap();
 }
 
 fn sub(push: PushConfig) -> SubscriptionConfig {
@@ -99,7 +107,11 @@ async fn each_message_goes_out_signed_as_a_cloud_event_and_a_2xx_acks_it() {
         headers: [("trace".to_string(), "abc".to_string())].into(),
         ..Publish::default()
     };
-    server.client.publish("t", "{\"like\":1}", &publish_one).await.unwrap();
+    server
+        .client
+        .publish("t", "{\"like\":1}", &publish_one)
+        .await
+        .unwrap();
     settled(&server, "s").await;
 
     let log = receiver.log();
@@ -117,7 +129,9 @@ async fn each_message_goes_out_signed_as_a_cloud_event_and_a_2xx_acks_it() {
     assert_eq!(r.header("authorization"), Some("Bearer tkn"));
     assert_eq!(r.header("webhook-id"), Some(r.id().as_str()));
     let verifier = PushVerifier::new(SECRET).unwrap();
-    verifier.verify(&r.headers, &r.body).expect("signed by Courier");
+    verifier
+        .verify(&r.headers, &r.body)
+        .expect("signed by Courier");
     assert!(verifier.verify(&r.headers, b"{\"like\":2}").is_err());
 
     // Secrets never come back in answers.
@@ -139,15 +153,26 @@ async fn failures_follow_the_retry_policy_then_dead_letter() {
 
     let log = receiver.log();
     let attempts: Vec<u32> = log.iter().map(|r| r.attempt()).collect();
-    assert_eq!(attempts, [1, 2, 3], "exactly max_attempts tries, no stacked retries");
+    assert_eq!(
+        attempts,
+        [1, 2, 3],
+        "exactly max_attempts tries, no stacked retries"
+    );
     for pair in log.windows(2) {
         let gap = pair[1].at - pair[0].at;
         assert!(gap >= Duration::from_millis(190), "backoff kept: {gap:?}");
     }
     let letters = server.client.dead_letters("s", 10).await.unwrap();
     assert_eq!(letters.len(), 1);
-    let error = letters[0].headers.get("courier-dlq-last-error").cloned().unwrap_or_default();
-    assert!(error.contains("HTTP 500") && error.contains("boom"), "{error}");
+    let error = letters[0]
+        .headers
+        .get("courier-dlq-last-error")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        error.contains("HTTP 500") && error.contains("boom"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -167,14 +192,23 @@ async fn retry_after_sets_the_next_attempt_and_the_dead_letter_answer_is_final()
     let later: Vec<_> = log.iter().filter(|r| r.body.as_ref() == b"later").collect();
     assert_eq!(later.len(), 2);
     let gap = later[1].at - later[0].at;
-    assert!(gap >= Duration::from_millis(950), "Retry-After: 1 honoured, got {gap:?}");
+    assert!(
+        gap >= Duration::from_millis(950),
+        "Retry-After: 1 honoured, got {gap:?}"
+    );
     let poison = log.iter().filter(|r| r.body.as_ref() == b"poison").count();
-    assert_eq!(poison, 1, "dead-lettered at the first answer, attempts left unused");
+    assert_eq!(
+        poison, 1,
+        "dead-lettered at the first answer, attempts left unused"
+    );
     let letters = server.client.dead_letters("s", 10).await.unwrap();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].body.as_deref(), Some("poison"));
     assert_eq!(
-        letters[0].headers.get("courier-dlq-last-error").map(String::as_str),
+        letters[0]
+            .headers
+            .get("courier-dlq-last-error")
+            .map(String::as_str),
         Some("no such post")
     );
 }
@@ -219,7 +253,11 @@ async fn a_batch_push_settles_each_entry_by_its_result() {
         "a batch is one JSON request"
     );
     let first: serde_json::Value = serde_json::from_slice(&log[0].body).unwrap();
-    assert_eq!(first["messages"].as_array().unwrap().len(), 5, "one request for the five");
+    assert_eq!(
+        first["messages"].as_array().unwrap().len(),
+        5,
+        "one request for the five"
+    );
     // "retry" and "missing" came back once more, "dead" went to the dead letters.
     let redelivered: usize = log[1..]
         .iter()
@@ -265,7 +303,11 @@ async fn ordering_keys_stay_in_order_across_instances() {
         let body = std::str::from_utf8(&r.body).unwrap();
         let (key, n) = body.split_once(':').unwrap();
         let expected = next.entry(key.to_string()).or_default();
-        assert_eq!(n.parse::<u32>().unwrap(), *expected, "key {key} out of order");
+        assert_eq!(
+            n.parse::<u32>().unwrap(),
+            *expected,
+            "key {key} out of order"
+        );
         *expected += 1;
     }
     for r in &receivers {
@@ -301,7 +343,10 @@ async fn a_consumer_down_for_a_while_gets_everything_once_it_returns() {
     }
     assert_eq!(processed.len(), 120, "every message reached the consumer");
     let letters = server.client.dead_letters("s", 10).await.unwrap();
-    assert!(letters.is_empty(), "the outage dead-lettered nothing: {letters:?}");
+    assert!(
+        letters.is_empty(),
+        "the outage dead-lettered nothing: {letters:?}"
+    );
     let stats = server.client.push_stats("s").await.unwrap();
     assert_eq!(stats["delivered_total"], 120);
 }
@@ -334,7 +379,11 @@ async fn registered_instances_come_and_go() {
     settled(&server, "s").await;
     let log = b.log();
     assert_eq!(log.len(), 1);
-    assert_eq!(log[0].attempt(), 1, "waiting for an instance spent no attempt");
+    assert_eq!(
+        log[0].attempt(),
+        1,
+        "waiting for an instance spent no attempt"
+    );
     assert_eq!(a.log().len(), 1);
 
     let view = server.client.service("svc").await.unwrap();
@@ -345,8 +394,14 @@ async fn registered_instances_come_and_go() {
 async fn shutdown_releases_pushes_in_flight_without_spending_attempts() {
     let hang = Receiver::with(|_, _| Answer::ok().after(Duration::from_secs(60))).await;
     let mut server = {
-        let server = TestServer::start_with(|c| c.server.shutdown_timeout = Duration::from_millis(300)).await;
-        server.client.create_topic("t", &Default::default()).await.unwrap();
+        let server =
+            TestServer::start_with(|c| c.server.shutdown_timeout = Duration::from_millis(300))
+                .await;
+        server
+            .client
+            .create_topic("t", &Default::default())
+            .await
+            .unwrap();
         let reg = InstanceRegistration {
             url: hang.url(),
             id: Some("i0".into()),
@@ -379,7 +434,12 @@ async fn shutdown_releases_pushes_in_flight_without_spending_attempts() {
     let log = ok.log();
     assert_eq!(log.len(), 5);
     assert!(log.iter().all(|r| r.attempt() == 1), "released, not spent");
-    assert!(server.client.dead_letters("s", 10).await.unwrap().is_empty());
+    assert!(server
+        .client
+        .dead_letters("s", 10)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test]
@@ -393,7 +453,11 @@ async fn push_settings_change_and_go_on_a_live_subscription() {
         push: Some(Some(push(|p| p.path = "/two".into()))),
         ..SubscriptionUpdate::default()
     };
-    server.client.update_subscription("s", &update).await.unwrap();
+    server
+        .client
+        .update_subscription("s", &update)
+        .await
+        .unwrap();
     publish(&server, ["2".to_string()]).await;
     settled(&server, "s").await;
     assert_eq!(a.log().len(), 2);
@@ -408,10 +472,13 @@ async fn push_settings_change_and_go_on_a_live_subscription() {
     publish(&server, ["3".to_string()]).await;
     let pulled = server
         .client
-        .pull("s", &courier_client::wire::PullBody {
-            wait_ms: Some(2000),
-            ..Default::default()
-        })
+        .pull(
+            "s",
+            &courier_client::wire::PullBody {
+                wait_ms: Some(2000),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(pulled.len(), 1);

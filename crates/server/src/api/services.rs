@@ -10,7 +10,7 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use courier_api::{InstanceRegistration, Problem, Registered, RejectBody, SettleResponse, AckBody};
+use courier_api::{AckBody, InstanceRegistration, Problem, Registered, RejectBody, SettleResponse};
 use courier_upstream::{Instance, ServiceConfig, ServiceStats};
 use serde::Serialize;
 
@@ -73,7 +73,10 @@ pub(crate) async fn get_service(
     State(s): State<AppState>,
     Name(name): Name,
 ) -> Result<Json<ServiceView>, ApiError> {
-    let service = s.upstreams().get(&name).ok_or_else(|| service_not_found(&name))?;
+    let service = s
+        .upstreams()
+        .get(&name)
+        .ok_or_else(|| service_not_found(&name))?;
     Ok(Json(view(&service)))
 }
 
@@ -99,7 +102,11 @@ pub(crate) async fn define_service(
     }
     let existed = s.upstreams().get(&name).is_some();
     let service = s.upstreams().define(&name, config);
-    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
     Ok((status, Json(view(&service))))
 }
 
@@ -178,7 +185,9 @@ pub(crate) fn instance_from(
     }
     let authority = url.authority().ok_or_else(|| bad("has no host"))?;
     if url.path() != "/" && !url.path().is_empty() || url.query().is_some() {
-        return Err(bad("must be a base URL (http://host:port); the push path goes in the subscription"));
+        return Err(bad(
+            "must be a base URL (http://host:port); the push path goes in the subscription",
+        ));
     }
     let weight = weight.unwrap_or(1);
     if !(1..=1000).contains(&weight) {
@@ -186,13 +195,11 @@ pub(crate) fn instance_from(
     }
     let id = id.unwrap_or_else(|| authority.to_string());
     if id.is_empty() || id.len() > 200 || id.chars().any(char::is_control) {
-        return Err(ApiError::invalid_argument("id must be 1 to 200 printable characters"));
+        return Err(ApiError::invalid_argument(
+            "id must be 1 to 200 printable characters",
+        ));
     }
-    Ok(Instance {
-        id,
-        url,
-        weight,
-    })
+    Ok(Instance { id, url, weight })
 }
 
 /// Keeps a registered instance: the light form of registering again.
@@ -211,7 +218,10 @@ pub(crate) async fn heartbeat(
     State(s): State<AppState>,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let service = s.upstreams().get(&name).ok_or_else(|| service_not_found(&name))?;
+    let service = s
+        .upstreams()
+        .get(&name)
+        .ok_or_else(|| service_not_found(&name))?;
     if service.heartbeat(&id) {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -243,7 +253,10 @@ pub(crate) async fn deregister(
     State(s): State<AppState>,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let service = s.upstreams().get(&name).ok_or_else(|| service_not_found(&name))?;
+    let service = s
+        .upstreams()
+        .get(&name)
+        .ok_or_else(|| service_not_found(&name))?;
     if service.deregister(&id) {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -266,17 +279,13 @@ pub(crate) async fn push_stats(
     Name(name): Name,
 ) -> Result<Json<courier_push::PushStats>, ApiError> {
     s.engine.subscription(&name).await?;
-    s.pusher
-        .stats(&name)
-        .await?
-        .map(Json)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                codes::NOT_PUSHED,
-                format!("subscription {name:?} has no push settings"),
-            )
-        })
+    s.pusher.stats(&name).await?.map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            codes::NOT_PUSHED,
+            format!("subscription {name:?} has no push settings"),
+        )
+    })
 }
 
 /// Gives leased messages back without spending an attempt: the consumer

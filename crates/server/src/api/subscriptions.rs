@@ -63,7 +63,10 @@ pub(crate) async fn create_subscription(
 /// set, never its value.
 pub(super) fn redacted(mut info: SubscriptionInfo) -> SubscriptionInfo {
     if let Some(push) = info.config.push.as_mut() {
-        for secret in [&mut push.secret, &mut push.bearer_token].into_iter().flatten() {
+        for secret in [&mut push.secret, &mut push.bearer_token]
+            .into_iter()
+            .flatten()
+        {
             *secret = REDACTED.to_string();
         }
     }

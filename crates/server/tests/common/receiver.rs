@@ -88,7 +88,11 @@ pub struct Receiver {
 impl Receiver {
     /// A receiver that answers 204 to everything.
     pub async fn start() -> Self {
-        Self::start_at("127.0.0.1:0".parse().unwrap(), Self::shared(|_, _| Answer::ok())).await
+        Self::start_at(
+            "127.0.0.1:0".parse().unwrap(),
+            Self::shared(|_, _| Answer::ok()),
+        )
+        .await
     }
 
     /// A receiver answering with `behaviour(request, earlier requests)`.
@@ -98,7 +102,9 @@ impl Receiver {
         Self::start_at("127.0.0.1:0".parse().unwrap(), Self::shared(behaviour)).await
     }
 
-    fn shared(behaviour: impl Fn(&Received, &[Received]) -> Answer + Send + Sync + 'static) -> Shared {
+    fn shared(
+        behaviour: impl Fn(&Received, &[Received]) -> Answer + Send + Sync + 'static,
+    ) -> Shared {
         Shared {
             log: Arc::default(),
             behaviour: Arc::new(Mutex::new(Arc::new(behaviour))),
@@ -106,7 +112,9 @@ impl Receiver {
     }
 
     async fn start_at(addr: SocketAddr, shared: Shared) -> Self {
-        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind receiver");
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("bind receiver");
         let addr = listener.local_addr().unwrap();
         let app = axum::Router::new()
             .fallback(handle)
@@ -132,7 +140,10 @@ impl Receiver {
         format!("http://{}", self.addr)
     }
 
-    pub fn set(&self, behaviour: impl Fn(&Received, &[Received]) -> Answer + Send + Sync + 'static) {
+    pub fn set(
+        &self,
+        behaviour: impl Fn(&Received, &[Received]) -> Answer + Send + Sync + 'static,
+    ) {
         *self.shared.behaviour.lock() = Arc::new(behaviour);
     }
 
@@ -177,15 +188,9 @@ async fn handle(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Res
     if !answer.delay.is_zero() {
         tokio::time::sleep(answer.delay).await;
     }
-    let mut response = (
-        StatusCode::from_u16(answer.status).unwrap(),
-        answer.body,
-    )
-        .into_response();
+    let mut response = (StatusCode::from_u16(answer.status).unwrap(), answer.body).into_response();
     for (name, value) in answer.headers {
-        response
-            .headers_mut()
-            .insert(name, value.parse().unwrap());
+        response.headers_mut().insert(name, value.parse().unwrap());
     }
     response
 }
