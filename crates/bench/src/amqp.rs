@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -182,10 +183,28 @@ impl Consumers {
                 .with_context(|| format!("consuming from {queue}"))?;
             let tally = tally.clone();
             tasks.push(tokio::spawn(async move {
-                while let Some(delivery) = consumer.next().await {
-                    let delivery = delivery?;
-                    tally.one(&delivery.data);
-                    delivery.ack(BasicAckOptions::default()).await?;
+                // Each delivery is acked on its own, but the consumer does not
+                // wait for one ack to be handed to the connection before it
+                // takes the next delivery (as a handler answering several
+                // requests at once would not).
+                let mut acks = FuturesUnordered::new();
+                loop {
+                    tokio::select! {
+                        Some(acked) = acks.next(), if !acks.is_empty() => {
+                            acked?;
+                        }
+                        delivery = consumer.next() => {
+                            let Some(delivery) = delivery else { break };
+                            let delivery = delivery?;
+                            tally.one(&delivery.data);
+                            acks.push(async move {
+                                delivery.acker.ack(BasicAckOptions::default()).await
+                            });
+                        }
+                    }
+                }
+                while let Some(acked) = acks.next().await {
+                    acked?;
                 }
                 Ok(())
             }));
