@@ -46,6 +46,18 @@ pub mod codes {
     /// The client went over `server.rate_limit`; `Retry-After` says when to come back.
     pub const RATE_LIMITED: &str = "rate_limited";
     pub const INTERNAL: &str = "internal_error";
+    /// 401: the route needs a token (none was given and anonymous access is
+    /// off), or the token is malformed, badly signed, expired, or for another
+    /// issuer or audience.
+    pub const UNAUTHENTICATED: &str = "unauthenticated";
+    /// 403: the token is valid but its `courier` claim does not grant this
+    /// topic, or not with this filter.
+    pub const FORBIDDEN: &str = "forbidden";
+    /// 429: this client (IP address) holds `realtime.max_connections_per_ip`
+    /// streaming connections already.
+    pub const TOO_MANY_CONNECTIONS: &str = "too_many_connections";
+    /// 503: the server holds `realtime.max_connections` streaming connections already.
+    pub const REALTIME_FULL: &str = "realtime_full";
 
     // Engine codes (`courier_core::Error::code`) with an HTTP status of their own.
 
@@ -352,6 +364,8 @@ fn needs_escape(bytes: &[u8]) -> bool {
         .iter()
         .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
+
+pub mod realtime;
 
 /// Body of `POST /v1/subscriptions/{name}/pull`; every field is optional.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -278,7 +278,8 @@ pub(crate) enum ServiceCommand {
         /// Service name (created with default settings if needed).
         name: String,
         /// The instance's base URL, http://host:port.
-        url: String,
+        #[arg(value_name = "URL")]
+        instance_url: String,
         /// Instance id [default: host:port].
         #[arg(long)]
         id: Option<String>,

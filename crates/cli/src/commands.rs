@@ -107,7 +107,14 @@ async fn run_with(client: &Client, out: &Output, command: Command) -> Result<(),
             Ok(())
         }
         Command::Stats => {
-            out.stats(&client.stats().await?);
+            let stats = client.stats().await?;
+            let mut push = Vec::new();
+            for sub in client.list_subscriptions().await? {
+                if sub.config.push.is_some() {
+                    push.push(client.push_stats(&sub.name).await?);
+                }
+            }
+            out.stats(&stats, &push);
             Ok(())
         }
         Command::Capabilities => {
@@ -476,13 +483,16 @@ async fn service(client: &Client, out: &Output, c: ServiceCommand) -> Result<(),
         }
         ServiceCommand::Register {
             name,
-            url,
+            instance_url,
             id,
             weight,
         } => {
-            let r = client
-                .register_instance(&name, &InstanceRegistration { url, id, weight })
-                .await?;
+            let registration = InstanceRegistration {
+                url: instance_url,
+                id,
+                weight,
+            };
+            let r = client.register_instance(&name, &registration).await?;
             let text = format!(
                 "registered {} in {} for {} ms (register again or heartbeat before then)",
                 r.id, r.service, r.expires_in

@@ -225,9 +225,14 @@ impl Output {
         }
     }
 
-    pub fn stats(&self, s: &Stats) {
+    /// Broker-wide counters, then one line per push subscription.
+    pub fn stats(&self, s: &Stats, push: &[serde_json::Value]) {
         if self.json {
-            return self.print_json(s);
+            let mut value = serde_json::to_value(s).unwrap_or_default();
+            if let Some(map) = value.as_object_mut() {
+                map.insert("push".into(), push.to_vec().into());
+            }
+            return self.print_json(&value);
         }
         println!("topics:          {}", s.topics);
         println!("subscriptions:   {}", s.subscriptions);
@@ -237,6 +242,22 @@ impl Output {
         println!("delivered total: {}", s.delivered_total);
         println!("acked total:     {}", s.acked_total);
         println!("dead-lettered:   {}", s.dead_lettered_total);
+        for p in push {
+            let n = |k: &str| p[k].as_u64().unwrap_or(0);
+            let age = p["oldest_unacked_age"]
+                .as_u64()
+                .map_or_else(|| "-".to_string(), |ms| format!("{ms} ms"));
+            println!(
+                "push {} -> {}: backlog {}, in flight {}, delivered {}, failed {}, dead-lettered {}, oldest unacked {age}",
+                p["subscription"].as_str().unwrap_or("?"),
+                p["service"].as_str().unwrap_or("?"),
+                n("backlog"),
+                n("messages_in_flight"),
+                n("delivered_total"),
+                n("failed_total"),
+                n("dead_lettered_total"),
+            );
+        }
     }
 }
 

@@ -703,3 +703,212 @@ fn sigterm_during_publish_burst_loses_nothing_acknowledged() {
     drop(runtime);
     server.stop();
 }
+
+/// SIGTERM while pushes are in flight: the server exits 0, the pushes in
+/// flight finish within the grace, and after a restart every message reaches
+/// the consumer; with one attempt allowed, none is dead-lettered by the
+/// shutdown.
+#[test]
+fn sigterm_during_push_burst_delivers_everything_after_restart() {
+    use courier_client::wire::InstanceRegistration;
+    use courier_core::{PushConfig, RetryPolicy, SubscriptionConfig};
+    use std::collections::BTreeSet;
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // The consumer: 50 ms per message, remembering every message id it took.
+    let seen: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let consumer_url = runtime.block_on(async {
+        let seen = seen.clone();
+        let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+            let seen = seen.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let id = headers["ce-id"].to_str().unwrap().to_string();
+                seen.lock().unwrap().insert(id);
+                axum::http::StatusCode::NO_CONTENT
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        url
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let setup = |server: &Server| {
+        let client = Client::new(&server.url).unwrap();
+        let registration = InstanceRegistration {
+            url: consumer_url.clone(),
+            id: Some("consumer".into()),
+            weight: None,
+        };
+        runtime
+            .block_on(client.register_instance("consumer", &registration))
+            .unwrap();
+        client
+    };
+    let mut server = Server::start(dir.path());
+    let client = setup(&server);
+    runtime
+        .block_on(client.create_topic("burst", &TopicConfig::default()))
+        .unwrap();
+    let config = SubscriptionConfig {
+        push: Some(PushConfig {
+            service: "consumer".into(),
+            max_concurrent: 8,
+            ..PushConfig::default()
+        }),
+        retry: RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        },
+        ..SubscriptionConfig::for_topic("burst")
+    };
+    runtime
+        .block_on(client.create_subscription("pushed", &config))
+        .unwrap();
+    let batch = (0..300)
+        .map(|i| courier_client::wire::PublishMessage {
+            id: Some(format!("m{i}")),
+            body: Some(format!("{i}")),
+            ..Default::default()
+        })
+        .collect();
+    runtime
+        .block_on(client.publish_batch("burst", batch))
+        .unwrap();
+
+    let start = Instant::now();
+    while seen.lock().unwrap().len() < 20 {
+        assert!(start.elapsed() < DEADLINE, "pushes are not getting through");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    server.sigterm();
+    assert_eq!(server.wait_exit(), 0, "graceful shutdown exits 0");
+    let before_restart = seen.lock().unwrap().len();
+    assert!(before_restart < 300, "the burst was cut by the shutdown");
+
+    // The consumer registers again, as it would at its next heartbeat.
+    let server = Server::start(dir.path());
+    let client = setup(&server);
+    let start = Instant::now();
+    loop {
+        let info = runtime.block_on(client.subscription("pushed")).unwrap();
+        if info.backlog == 0 {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "backlog left: {}", info.backlog);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        300,
+        "every message reached the consumer"
+    );
+    let letters = runtime.block_on(client.dead_letters("pushed", 10)).unwrap();
+    assert!(letters.is_empty(), "the shutdown dead-lettered {letters:?}");
+    drop(runtime);
+    server.stop();
+}
+
+/// The service commands, push flags, release and reject from the command line.
+#[test]
+fn service_and_push_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let url = server.url.clone();
+
+    let out = ok(&courier(
+        &url,
+        &["service", "register", "hooks", "http://127.0.0.1:9"],
+    ));
+    assert!(out.contains("registered 127.0.0.1:9 in hooks"), "{out}");
+    let out = ok(&courier(
+        &url,
+        &[
+            "service",
+            "define",
+            "hooks",
+            "--balance",
+            "least_request",
+            "--health-path",
+            "/up",
+        ],
+    ));
+    assert!(out.contains("defined"), "{out}");
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(&courier(&url, &["--json", "service", "show", "hooks"]))).unwrap();
+    assert_eq!(shown["config"]["balance"], "least_request");
+    assert_eq!(shown["config"]["health_check"]["path"], "/up");
+    assert_eq!(shown["stats"]["instances"][0]["id"], "127.0.0.1:9");
+    assert!(ok(&courier(&url, &["service", "list"])).contains("hooks"));
+    let bad = courier(&url, &["service", "register", "hooks", "ftp://x"]);
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "a bad URL is the caller's error"
+    );
+
+    ok(&courier(&url, &["topic", "create", "t"]));
+    ok(&courier(
+        &url,
+        &[
+            "sub",
+            "create",
+            "p",
+            "--topic",
+            "t",
+            "--push-service",
+            "hooks",
+            "--push-path",
+            "/in",
+            "--push-timeout",
+            "5s",
+        ],
+    ));
+    let sub: serde_json::Value =
+        serde_json::from_str(&ok(&courier(&url, &["--json", "sub", "show", "p"]))).unwrap();
+    assert_eq!(sub["config"]["push"]["path"], "/in");
+    assert_eq!(sub["config"]["push"]["timeout"], 5000);
+    assert!(ok(&courier(&url, &["stats"])).contains("push p -> hooks"));
+    ok(&courier(&url, &["sub", "update", "p", "--no-push"]));
+    let sub: serde_json::Value =
+        serde_json::from_str(&ok(&courier(&url, &["--json", "sub", "show", "p"]))).unwrap();
+    assert!(sub["config"].get("push").is_none(), "{sub}");
+
+    // Release and reject, by the tokens pull prints.
+    ok(&courier(&url, &["publish", "t", "one"]));
+    ok(&courier(&url, &["publish", "t", "two"]));
+    let pulled: serde_json::Value =
+        serde_json::from_str(&ok(&courier(&url, &["--json", "pull", "p", "--max", "2"]))).unwrap();
+    let token = |i: usize| pulled[i]["token"].as_str().unwrap().to_string();
+    assert!(ok(&courier(&url, &["release", "p", &token(0)])).contains("ok"));
+    let again = courier(&url, &["release", "p", &token(0)]);
+    assert_eq!(
+        again.status.code(),
+        Some(1),
+        "a stale token releases nothing"
+    );
+    ok(&courier(
+        &url,
+        &["reject", "p", &token(1), "--error", "bad input"],
+    ));
+    let start = Instant::now();
+    loop {
+        let letters = ok(&courier(&url, &["dlq", "list", "p"]));
+        if letters.contains("two") {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the rejected message never reached the dead letters"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ok(&courier(
+        &url,
+        &["service", "deregister", "hooks", "127.0.0.1:9"],
+    ));
+    ok(&courier(&url, &["service", "delete", "hooks"]));
+    server.stop();
+}

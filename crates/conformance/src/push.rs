@@ -138,7 +138,7 @@ pub async fn push_settings_round_trip(factory: &dyn EngineFactory) {
 pub async fn invalid_push_settings_are_refused(factory: &dyn EngineFactory) {
     let (engine, _clock) = open(factory).await;
     create_topic(&engine, "t").await;
-    let bad: [(&str, PushConfig); 5] = [
+    let bad: [(&str, PushConfig); 6] = [
         ("no service", push_config("")),
         (
             "a relative path",
@@ -165,6 +165,13 @@ pub async fn invalid_push_settings_are_refused(factory: &dyn EngineFactory) {
             "a zero timeout",
             PushConfig {
                 timeout: Duration::ZERO,
+                ..push_config("x")
+            },
+        ),
+        (
+            "a timeout as long as the ack deadline",
+            PushConfig {
+                timeout: sub_config("t").ack_deadline,
                 ..push_config("x")
             },
         ),

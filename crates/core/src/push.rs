@@ -30,7 +30,8 @@ pub struct PushConfig {
     pub batch_size: u32,
     /// Requests in flight at once for this subscription (a batch counts once).
     pub max_concurrent: u32,
-    /// How long one request may take before it counts as failed.
+    /// How long one request may take before it counts as failed; shorter
+    /// than the subscription's `ack_deadline`, so a push never outlives its lease.
     #[serde(with = "millis")]
     pub timeout: Duration,
     /// Signing secret (`whsec_` and base64, the Standard Webhooks form): each

@@ -231,6 +231,23 @@ impl SubscriptionConfig {
         }
     }
 
+    /// Why the push settings cannot work with this subscription, if they
+    /// cannot: their own problems, or a push that may outlive its lease (the
+    /// message would be leased again while the first push still runs).
+    pub fn push_problem(&self) -> Option<String> {
+        let push = self.push.as_ref()?;
+        if let Some(problem) = push.problem() {
+            return Some(problem);
+        }
+        (push.timeout >= self.ack_deadline).then(|| {
+            format!(
+                "push.timeout ({} ms) must be shorter than ack_deadline ({} ms)",
+                push.timeout.as_millis(),
+                self.ack_deadline.as_millis()
+            )
+        })
+    }
+
     /// The dead-letter topic this subscription uses.
     pub fn dead_letter_topic_for(&self, subscription: &str) -> String {
         self.dead_letter_topic

@@ -19,6 +19,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub engine: EngineConfig,
     pub log: LogConfig,
+    pub realtime: RealtimeConfig,
+    pub auth: AuthConfig,
     /// Topics created at start when missing.
     pub topics: Vec<DeclaredTopic>,
     /// Subscriptions created at start when missing (after the topics).
@@ -218,6 +220,86 @@ impl ServerConfig {
     }
 }
 
+/// Real-time delivery to browsers and apps: Server-Sent Events and long polls.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RealtimeConfig {
+    /// A comment is sent on an idle event stream this often, in milliseconds,
+    /// so proxies and browsers do not close it.
+    #[serde(with = "millis")]
+    pub keepalive_interval: Duration,
+    /// The `retry:` hint an event stream starts with: how long a browser
+    /// waits before reconnecting, in milliseconds.
+    #[serde(with = "millis")]
+    pub retry: Duration,
+    /// Streaming connections (event streams) open at once, in total; more
+    /// are refused with 503 `realtime_full`.
+    pub max_connections: usize,
+    /// Streaming connections one client (IP address, or the client a trusted
+    /// proxy names) may hold; more are refused with 429
+    /// `too_many_connections`. 0 = no per-client limit.
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for RealtimeConfig {
+    fn default() -> Self {
+        Self {
+            keepalive_interval: Duration::from_secs(15),
+            retry: Duration::from_secs(3),
+            max_connections: 10_000,
+            max_connections_per_ip: 0,
+        }
+    }
+}
+
+/// Who may subscribe and publish: JSON Web Tokens (docs/realtime.md). With
+/// no key configured auth is off and every request may do everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Shared secret of HS256 tokens (at least 32 bytes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_hs256_secret: Option<String>,
+    /// Public key of RS256 tokens: PEM text, or the path of a PEM file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_rs256_public_key_pem: Option<String>,
+    /// When set, tokens must carry this `iss`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// When set, tokens must carry this `aud`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// Requests without a token may subscribe (event streams, long polls,
+    /// presence) to every topic.
+    pub anonymous_read: bool,
+    /// Requests without a token may publish to every topic.
+    pub anonymous_publish: bool,
+}
+
+impl AuthConfig {
+    /// Whether any key is configured (else auth is off).
+    pub fn enabled(&self) -> bool {
+        self.jwt_hs256_secret.is_some() || self.jwt_rs256_public_key_pem.is_some()
+    }
+
+    /// The RS256 public key's PEM text: the setting itself when it looks like
+    /// PEM, else the file it names.
+    pub fn rs256_pem(&self) -> Result<Option<String>, ConfigError> {
+        let Some(value) = &self.jwt_rs256_public_key_pem else {
+            return Ok(None);
+        };
+        if value.trim_start().starts_with("-----BEGIN") {
+            return Ok(Some(value.clone()));
+        }
+        std::fs::read_to_string(value)
+            .map(Some)
+            .map_err(|source| ConfigError::Read {
+                path: PathBuf::from(value),
+                source,
+            })
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
@@ -334,6 +416,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ),
     ("COURIER_DATA_DIR", "engine.embedded.data_dir"),
     ("COURIER_FSYNC", "engine.embedded.fsync"),
+    (
+        "COURIER_JWT_HS256_SECRET",
+        "auth.jwt_hs256_secret (keeps the secret out of the file)",
+    ),
     ("COURIER_LOG_FORMAT", "log.format"),
     ("COURIER_LOG_LEVEL", "log.level"),
 ];
@@ -409,6 +495,7 @@ impl Config {
                 "COURIER_FSYNC" => self
                     .engine
                     .set_embedded("fsync", parse::<bool>(var, &value)?),
+                "COURIER_JWT_HS256_SECRET" => self.auth.jwt_hs256_secret = Some(value),
                 "COURIER_LOG_FORMAT" => self.log.format = parse(var, &value)?,
                 "COURIER_LOG_LEVEL" => self.log.level = value,
                 _ => unreachable!("every ENV_VARS entry is handled"),
@@ -461,6 +548,19 @@ impl Config {
                 return bad(format!("{key} = {value} is above {MAX_RATE}"));
             }
         }
+        let r = &self.realtime;
+        for (key, value) in [
+            ("realtime.keepalive_interval", r.keepalive_interval),
+            ("realtime.retry", r.retry),
+        ] {
+            if value.is_zero() {
+                return bad(format!("{key} must be above 0 ms"));
+            }
+        }
+        if r.max_connections == 0 {
+            return bad("realtime.max_connections must be at least 1".into());
+        }
+        crate::auth::Authenticator::from_config(&self.auth)?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return bad(format!("log.level '{}': {e}", self.log.level));
         }

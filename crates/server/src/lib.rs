@@ -15,10 +15,15 @@
 //!   shutdown sequence.
 //! - `metrics`: `GET /metrics` (Prometheus text format) and the request metrics.
 //! - `origin`: browser safety (cross-origin state changes refused, CORS).
+//! - `auth`: JWT authentication (a tower layer) and the permission checks
+//!   handlers make with it.
+//! - `realtime`: Server-Sent Events, long polls and presence: a filtered,
+//!   resumable feed of a topic that every real-time transport encodes.
 
 #![forbid(unsafe_code)]
 
 mod api;
+mod auth;
 mod bounds;
 pub mod config;
 mod edge;
@@ -26,10 +31,13 @@ pub mod error;
 mod extract;
 mod metrics;
 mod origin;
+mod realtime;
 mod server;
 mod telemetry;
 
 pub use api::{openapi, openapi_json};
-pub use config::{Config, ConfigError, EngineConfig, EngineKind, IpNet};
+pub use config::{
+    AuthConfig, Config, ConfigError, EngineConfig, EngineKind, IpNet, RealtimeConfig,
+};
 pub use server::{run, shutdown_signal, ServerError};
 pub use telemetry::init_tracing;

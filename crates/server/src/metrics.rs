@@ -92,6 +92,18 @@ fn describe() {
         "Duration of the embedded engine's fdatasync calls, by file kind (log, journal)"
     );
     metrics::describe_counter!(
+        "courier_realtime_connections_opened_total",
+        "Streaming connections (event streams) admitted, by transport"
+    );
+    metrics::describe_counter!(
+        "courier_realtime_connections_closed_total",
+        "Streaming connections that ended (client gone, shutdown, max_events), by transport"
+    );
+    metrics::describe_counter!(
+        "courier_realtime_events_sent_total",
+        "Events written to streaming connections (messages and resets), by transport"
+    );
+    metrics::describe_counter!(
         "courier_messages_nacked_total",
         "Messages given back by a nack (per message that took effect), by subscription"
     );
@@ -144,7 +156,9 @@ fn method_label(method: &Method) -> &'static str {
 /// `GET /metrics`: the recorder's families, then the engine snapshot.
 pub(crate) async fn scrape(State(state): State<AppState>) -> Response {
     let mut body = handle().render();
+    render_realtime(&state, &mut body);
     render_engine(&state, &mut body).await;
+    render_push(&state, &mut body).await;
     (
         [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
         body,
@@ -194,6 +208,29 @@ fn escape_label(value: &str, out: &mut String) {
             c => out.push(c),
         }
     }
+}
+
+/// Live listeners and streaming connections, from the real-time state at
+/// scrape time: a topic nobody follows any more leaves no series behind.
+fn render_realtime(state: &AppState, out: &mut String) {
+    let per_topic = state.realtime.presence.per_topic();
+    Family {
+        name: "courier_realtime_listeners",
+        kind: "gauge",
+        help: "Live streaming listeners of the topic (event streams), whatever their filter",
+        samples: per_topic
+            .iter()
+            .map(|(topic, n)| (vec![("topic", topic.as_str())], *n))
+            .collect(),
+    }
+    .write(out);
+    Family {
+        name: "courier_realtime_connections",
+        kind: "gauge",
+        help: "Streaming connections open now (counted against realtime.max_connections)",
+        samples: vec![(vec![], state.realtime.limits.open() as u64)],
+    }
+    .write(out);
 }
 
 async fn render_engine(state: &AppState, out: &mut String) {
@@ -301,6 +338,49 @@ async fn render_engine(state: &AppState, out: &mut String) {
         "Messages waiting for a retry backoff or a delayed delivery time",
         |s| s.waiting,
     )
+    .write(out);
+}
+
+/// Push subscriptions: requests in flight and the age of the oldest
+/// unsettled message, taken at scrape time. (Delivered, failed and
+/// dead-lettered counts are counters recorded as pushes settle.)
+async fn render_push(state: &AppState, out: &mut String) {
+    let mut stats = Vec::new();
+    for name in state.pusher.pushed() {
+        if let Ok(Some(s)) = state.pusher.stats(&name).await {
+            stats.push(s);
+        }
+    }
+    Family {
+        name: "courier_push_requests_in_flight",
+        kind: "gauge",
+        help: "Push requests running now",
+        samples: stats
+            .iter()
+            .map(|s| {
+                (
+                    vec![("subscription", s.subscription.as_str())],
+                    s.requests_in_flight,
+                )
+            })
+            .collect(),
+    }
+    .write(out);
+    Family {
+        name: "courier_push_oldest_unacked_age_milliseconds",
+        kind: "gauge",
+        help:
+            "How long the oldest unsettled message of a push subscription has waited (0 when none)",
+        samples: stats
+            .iter()
+            .map(|s| {
+                (
+                    vec![("subscription", s.subscription.as_str())],
+                    s.oldest_unacked_age.unwrap_or(0),
+                )
+            })
+            .collect(),
+    }
     .write(out);
 }
 

@@ -83,8 +83,16 @@ fn core_type_schemas_match_their_serde_form() {
         messages: 0,
         bytes: 0,
     };
+    let full_push = courier_core::PushConfig {
+        service: "svc".into(),
+        secret: Some("whsec_AAAA".into()),
+        bearer_token: Some("t".into()),
+        hash_header: Some("h".into()),
+        ..courier_core::PushConfig::default()
+    };
     let sub_config = SubscriptionConfig {
         dead_letter_topic: Some("d".into()),
+        push: Some(full_push.clone()),
         ..SubscriptionConfig::for_topic("t")
     };
     let sub = SubscriptionInfo {
@@ -117,6 +125,15 @@ fn core_type_schemas_match_their_serde_form() {
         ),
         ("SubscriptionInfo", serde_json::to_value(&sub).unwrap()),
         ("PublishReceipt", serde_json::to_value(&receipt).unwrap()),
+        ("PushConfig", serde_json::to_value(&full_push).unwrap()),
+        (
+            "ServiceConfig",
+            serde_json::to_value(courier_upstream::ServiceConfig {
+                health_check: Some(Default::default()),
+                ..Default::default()
+            })
+            .unwrap(),
+        ),
         ("Stats", serde_json::to_value(Stats::default()).unwrap()),
         (
             "Capabilities",
@@ -130,7 +147,7 @@ fn core_type_schemas_match_their_serde_form() {
                 max_in_flight_per_consumer: Some(1),
                 retry: Some(RetryPolicy::default()),
                 dead_letter_topic: Some("d".into()),
-                push: None,
+                push: Some(Some(full_push.clone())),
             })
             .unwrap(),
         ),

@@ -486,3 +486,46 @@ async fn push_settings_change_and_go_on_a_live_subscription() {
     let err = server.client.push_stats("s").await.unwrap_err();
     assert!(err.to_string().contains("not_pushed"), "{err}");
 }
+
+#[tokio::test]
+async fn push_shows_in_stats_and_metrics() {
+    let receiver = Receiver::with(|r, _| match r.body.as_ref() {
+        b"bad" => Answer::status(500),
+        _ => Answer::ok(),
+    })
+    .await;
+    let server = server_pushing_to(&[&receiver]).await;
+    let mut config = sub(push(|_| {}));
+    config.retry = retry(2, 10);
+    subscribe(&server, "metered", config).await;
+    publish(&server, ["good".to_string(), "bad".to_string()]).await;
+    settled(&server, "metered").await;
+
+    let stats = server.client.push_stats("metered").await.unwrap();
+    assert_eq!(stats["service"], "svc");
+    assert_eq!(stats["delivered_total"], 1);
+    assert_eq!(stats["failed_total"], 2);
+    assert_eq!(stats["backlog"], 0);
+    assert!(stats["last_error"].as_str().unwrap().contains("HTTP 500"));
+    let view = server.client.service("svc").await.unwrap();
+    let instance = &view["stats"]["instances"][0];
+    assert_eq!(instance["requests_total"], 3);
+    assert_eq!(instance["failures_total"], 2);
+    assert_eq!(instance["circuit"], "closed");
+
+    let metrics = reqwest::get(format!("{}/metrics", server.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "courier_push_delivered_total{subscription=\"metered\"} 1",
+        "courier_push_failures_total{subscription=\"metered\"} 2",
+        "courier_push_requests_in_flight{subscription=\"metered\"} 0",
+        "courier_push_oldest_unacked_age_milliseconds{subscription=\"metered\"} 0",
+    ] {
+        assert!(metrics.contains(line), "missing {line}");
+    }
+    assert!(metrics.contains("courier_upstream_requests_total{"));
+}

@@ -68,7 +68,7 @@ pub(super) fn validate_subscription(name: &str, c: &SubscriptionConfig) -> Resul
     if r.initial_backoff > r.max_backoff {
         return bad("retry.initial_backoff must not exceed retry.max_backoff");
     }
-    if let Some(problem) = c.push.as_ref().and_then(|p| p.problem()) {
+    if let Some(problem) = c.push_problem() {
         return bad(&problem);
     }
     Ok(())

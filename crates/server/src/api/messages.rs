@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::codec::{message_from_http, message_from_json};
 use super::AppState;
+use crate::auth::Access;
 use crate::error::{codes, ApiError};
 use crate::extract::{JsonBody, Name, QueryParams, RawBody};
 
@@ -32,8 +33,11 @@ const COPY_BELOW: usize = 16 * 1024;
         ("Courier-Deliver-At" = Option<String>, Header, description = "Deliver no earlier than this time: milliseconds since the epoch or RFC 3339, before the year 10000"),
     ),
     request_body(content = Vec<u8>, description = "The message body, any content type", content_type = "*/*"),
+    security((), ("bearer" = [])),
     responses(
         (status = 201, description = "Stored durably", body = schema::PublishReceipt),
+        (status = 401, description = "`unauthenticated`: auth is on and the token is missing (without anonymous publishing) or not valid", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`: the token does not grant publishing to this topic (or with this key or these headers)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`topic_not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "`body_too_large` or `message_too_large`", body = Problem, content_type = "application/problem+json"),
         (status = 501, description = "`unsupported_by_engine`: a delay, delivery time or message id this engine does not support", body = Problem, content_type = "application/problem+json"),
@@ -42,10 +46,12 @@ const COPY_BELOW: usize = 16 * 1024;
 pub(crate) async fn publish(
     State(s): State<AppState>,
     Name(topic): Name,
+    access: Access,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<PublishReceipt>), ApiError> {
     let message = message_from_http(&headers, detach(body), s.max_headers_per_message)?;
+    access.check_publish(&topic, std::slice::from_ref(&message))?;
     let receipt = publish_one(&s, &topic, message).await?;
     Ok((StatusCode::CREATED, Json(receipt)))
 }
@@ -85,8 +91,11 @@ pub(crate) async fn publish_one(
     post, path = "/v1/topics/{name}/messages/batch", tag = "messages",
     params(("name" = String, Path, description = "Topic name")),
     request_body = PublishBatch,
+    security((), ("bearer" = [])),
     responses(
         (status = 201, description = "Stored durably; receipts in request order", body = PublishBatchResponse),
+        (status = 401, description = "`unauthenticated`: auth is on and the token is missing (without anonymous publishing) or not valid", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`: the token does not grant publishing to this topic (or with this key or these headers)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`topic_not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 501, description = "`unsupported_by_engine`: a delay, delivery time or message id this engine does not support", body = Problem, content_type = "application/problem+json"),
     )
@@ -94,6 +103,7 @@ pub(crate) async fn publish_one(
 pub(crate) async fn publish_batch(
     State(s): State<AppState>,
     Name(topic): Name,
+    access: Access,
     JsonBody(batch): JsonBody<PublishBatch>,
 ) -> Result<(StatusCode, Json<PublishBatchResponse>), ApiError> {
     if batch.messages.is_empty() {
@@ -105,6 +115,7 @@ pub(crate) async fn publish_batch(
         .enumerate()
         .map(|(i, m)| message_from_json(i, m, s.max_headers_per_message))
         .collect::<Result<Vec<_>, _>>()?;
+    access.check_publish(&topic, &messages)?;
     let receipts = s.engine.publish(&topic, messages).await?;
     Ok((StatusCode::CREATED, Json(PublishBatchResponse { receipts })))
 }

@@ -26,7 +26,8 @@ use utoipa::{Modify, OpenApi as _};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::config::ServerConfig;
+use crate::auth::{AuthLayer, Authenticator};
+use crate::config::{Config, ServerConfig};
 use crate::edge::rate_limit::{self, RateLimit, RateLimitLayer};
 use crate::edge::{self as layers};
 use crate::error::{codes, ApiError};
@@ -44,6 +45,8 @@ pub(crate) struct Shared {
     pub max_headers_per_message: usize,
     /// Cancelled when shutdown begins: waiting pulls give up, `/readyz` turns 503.
     pub draining: CancellationToken,
+    /// Event streams and long polls: presence, connection limits, timings.
+    pub realtime: crate::realtime::Realtime,
     openapi_json: String,
 }
 
@@ -64,14 +67,15 @@ impl AppState {
     pub(crate) fn new(
         engine: Arc<dyn Engine>,
         pusher: Arc<courier_push::Pusher>,
-        config: &ServerConfig,
+        config: &Config,
     ) -> Self {
         Self(Arc::new(Shared {
             engine,
             pusher,
-            max_pull_wait: config.max_pull_wait,
-            max_headers_per_message: config.max_headers_per_message,
+            max_pull_wait: config.server.max_pull_wait,
+            max_headers_per_message: config.server.max_headers_per_message,
             draining: CancellationToken::new(),
+            realtime: crate::realtime::Realtime::new(config),
             openapi_json: openapi_json(),
         }))
     }
@@ -90,8 +94,10 @@ impl AppState {
         (name = "subscriptions", description = "Subscriptions, leases and acknowledgements"),
         (name = "dead-letters", description = "Messages that ran out of attempts"),
         (name = "services", description = "Named pools of instances that push subscriptions deliver to"),
+        (name = "realtime", description = "Live delivery to browsers and apps: Server-Sent Events, long polls, presence. See docs/realtime.md"),
         (name = "broker", description = "Health, statistics and this document"),
     ),
+    modifiers(&BearerAuth),
     components(schemas(
         courier_api::schema::StartPosition,
         courier_api::schema::RetryPolicy,
@@ -101,6 +107,39 @@ impl AppState {
     )),
 )]
 struct ApiDoc;
+
+/// The two ways of presenting a JWT (docs/realtime.md): the `Authorization`
+/// header, or the `token` query parameter for clients that cannot set headers.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut OpenApi) {
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
+        };
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "A JWT (HS256 or RS256) whose `courier` claim grants topics to subscribe \
+                         and publish to; needed only when the server configures `[auth]` keys",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "token",
+            SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::with_description(
+                "token",
+                "The same JWT as a query parameter, for EventSource",
+            ))),
+        );
+    }
+}
 
 /// Every operation may also answer a problem document (bad input, timeout,
 /// shutting down); listing that on each route would only repeat it. Every
@@ -293,7 +332,19 @@ fn limit(schema: &mut utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>) {
 
 /// The routes with their OpenAPI description; the one place both come from.
 fn routes() -> OpenApiRouter<AppState> {
-    quick_routes().merge(pull_routes())
+    quick_routes()
+        .merge(pull_routes())
+        .merge(publish_routes())
+        .merge(crate::realtime::quick_routes())
+        .merge(crate::realtime::poll_routes())
+        .merge(crate::realtime::stream_routes())
+}
+
+/// Publishing: behind the auth layer, which the handlers ask.
+fn publish_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(messages::publish))
+        .routes(routes!(messages::publish_batch))
 }
 
 /// Long polls: their wait comes on top of the request timeout.
@@ -310,8 +361,7 @@ fn quick_routes() -> OpenApiRouter<AppState> {
             topics::get_topic,
             topics::delete_topic
         ))
-        .routes(routes!(messages::publish, messages::browse))
-        .routes(routes!(messages::publish_batch))
+        .routes(routes!(messages::browse))
         .routes(routes!(subscriptions::list_subscriptions))
         .routes(routes!(
             subscriptions::create_subscription,
@@ -377,19 +427,22 @@ pub(crate) fn app(
     state: AppState,
     config: &ServerConfig,
     rate_limit: Option<Arc<RateLimit>>,
+    auth: Option<Arc<Authenticator>>,
 ) -> Router {
-    let quick = quick_routes()
-        .split_for_parts()
-        .0
-        .layer(layers::timeout_layer(config.request_timeout));
-    let pulls = pull_routes()
-        .split_for_parts()
-        .0
-        .layer(layers::timeout_layer(
-            config.request_timeout + config.max_pull_wait,
-        ));
-    let routes = quick
-        .merge(pulls)
+    let quick = layers::timeout_layer(config.request_timeout);
+    let long = layers::timeout_layer(config.request_timeout + config.max_pull_wait);
+    let auth = AuthLayer::new(auth);
+    let router = |r: OpenApiRouter<AppState>| r.split_for_parts().0;
+    let guarded = router(publish_routes().merge(crate::realtime::quick_routes()))
+        .layer(quick)
+        .merge(router(crate::realtime::poll_routes()).layer(long))
+        // Event streams have no time limit; shutdown ends them.
+        .merge(router(crate::realtime::stream_routes()))
+        .layer(auth);
+    let routes = router(quick_routes())
+        .layer(quick)
+        .merge(router(pull_routes()).layer(long))
+        .merge(guarded)
         .route("/metrics", axum::routing::get(crate::metrics::scrape))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, codes::NOT_FOUND, "no such route")

@@ -161,7 +161,7 @@ where
 }
 
 /// The key a client is counted under: IPv4 as is, IPv6 by its /64.
-fn client_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn client_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -69,12 +69,16 @@ pub async fn run(
     }
     let pusher = courier_push::Pusher::new(engine.clone(), upstreams.clone(), PUSH_PULL_WAIT);
     pusher.sync().await.map_err(ServerError::Push)?;
-    let state = AppState::new(engine.clone(), pusher.clone(), &config.server);
+    let state = AppState::new(engine.clone(), pusher.clone(), &config);
+    // `Config::validate` has checked the keys; a config that skipped it fails here.
+    let auth = crate::auth::Authenticator::from_config(&config.auth)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?
+        .map(Arc::new);
     let rate_limit = RateLimit::from_config(&config.server);
     if let Some(limit) = &rate_limit {
         tokio::spawn(limit.clone().sweep(state.draining.clone()));
     }
-    let app = api::app(state.clone(), &config.server, rate_limit);
+    let app = api::app(state.clone(), &config.server, rate_limit, auth);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()

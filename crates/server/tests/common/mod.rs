@@ -127,3 +127,5 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+pub mod realtime;
