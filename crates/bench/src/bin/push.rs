@@ -249,8 +249,9 @@ fn main() -> Result<()> {
         Err(why) => println!("- rabbitmq: skipped: {why}"),
     }
     println!(
-        "- throughput: a pre-filled backlog of {} × {BODY} B, drained; latency: {} msgs/s for {:?}, open loop; {} run{} of each case, interleaved\n",
+        "- throughput: a pre-filled backlog of {} × {BODY} B ({} for batch push), drained; latency: {} msgs/s for {:?}, open loop; {} run{} of each case, interleaved\n",
         count(settings.messages as f64),
+        count((settings.messages * BATCH_BACKLOG) as f64),
         count(settings.rate),
         settings.latency_time,
         settings.runs,
@@ -383,13 +384,21 @@ fn service_config(receivers: &[Receiver]) -> String {
     )
 }
 
+/// A Courier server and the receivers it pushes to. Fields drop in order:
+/// the server stops before its receivers close and its data directory goes.
+struct PushSetup {
+    courier: Courier,
+    _receivers: Vec<Receiver>,
+    _dir: tempfile::TempDir,
+}
+
 /// Starts `instances` receivers counting into `tally`, and a Courier server
 /// (fresh data directory) whose service has them as its instances, with the topic created.
 async fn courier_with_receivers(
     s: &Settings,
     instances: usize,
     tally: &Arc<Tally>,
-) -> Result<(Vec<Receiver>, Courier, tempfile::TempDir)> {
+) -> Result<PushSetup> {
     let mut receivers = Vec::with_capacity(instances);
     for _ in 0..instances {
         receivers.push(Receiver::start(tally.clone()).await?);
@@ -411,7 +420,11 @@ async fn courier_with_receivers(
             &[StatusCode::CREATED, StatusCode::OK],
         )
         .await?;
-    Ok((receivers, courier, dir))
+    Ok(PushSetup {
+        courier,
+        _receivers: receivers,
+        _dir: dir,
+    })
 }
 
 /// Creates push subscription `name` on [`TOPIC`].
@@ -474,7 +487,8 @@ async fn courier_drain(s: &Settings, instances: usize, batch: usize) -> Result<D
         s.messages * BATCH_BACKLOG
     };
     let tally = Arc::new(Tally::counting(Instant::now()));
-    let (_receivers, mut courier, _dir) = courier_with_receivers(s, instances, &tally).await?;
+    let mut setup = courier_with_receivers(s, instances, &tally).await?;
+    let courier = &mut setup.courier;
     let took = http::prefill(courier.addr, TOPIC, backlog, &body(BODY)).await?;
     eprintln!(
         "  pre-filled {} × {BODY} B in {:.2} s",
@@ -509,7 +523,8 @@ fn drain_timeout(n: u64) -> Duration {
 async fn courier_latency(s: &Settings) -> Result<Timed> {
     let anchor = Instant::now();
     let tally = Arc::new(Tally::timed(anchor));
-    let (_receivers, mut courier, _dir) = courier_with_receivers(s, 1, &tally).await?;
+    let mut setup = courier_with_receivers(s, 1, &tally).await?;
+    let courier = &mut setup.courier;
     subscribe(courier.addr, "live", "new", 1).await?;
     let mut conns = Vec::with_capacity(PUBLISH_CONNECTIONS);
     for _ in 0..PUBLISH_CONNECTIONS {
