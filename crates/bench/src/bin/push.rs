@@ -489,6 +489,7 @@ async fn courier_drain(s: &Settings, instances: usize, batch: usize) -> Result<D
     let tally = Arc::new(Tally::counting(Instant::now()));
     let mut setup = courier_with_receivers(s, instances, &tally).await?;
     let courier = &mut setup.courier;
+    eprintln!("  pre-filling {} × {BODY} B …", count(backlog as f64));
     let took = http::prefill(courier.addr, TOPIC, backlog, &body(BODY)).await?;
     eprintln!(
         "  pre-filled {} × {BODY} B in {:.2} s",
@@ -609,6 +610,10 @@ async fn rabbit_drain(
     consumers: usize,
 ) -> Result<Drained> {
     let connection = amqp::connect(&url).await?;
+    eprintln!(
+        "  pre-filling {} × {BODY} B (persistent, confirmed) …",
+        count(s.messages as f64)
+    );
     let took = amqp::prefill(&connection, &queue, s.messages, &body(BODY)).await?;
     let _ = connection.close(200, "done".into()).await;
     eprintln!(
