@@ -8,6 +8,7 @@
 
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use ::http::{Method, StatusCode};
 use anyhow::{bail, Context, Result};
@@ -210,4 +211,37 @@ pub fn acked(answer: &[u8]) -> Result<(usize, usize), serde_json::Error> {
     let answer: Answer = serde_json::from_slice(answer)?;
     let ok = answer.results.iter().filter(|r| r.outcome == "ok").count();
     Ok((ok, answer.results.len()))
+}
+
+/// Fills `topic` with `count` copies of `body` in batch publishes of 1000,
+/// over 4 connections; returns how long it took.
+pub async fn prefill(addr: SocketAddr, topic: &str, count: u64, body: &[u8]) -> Result<Duration> {
+    const PER_REQUEST: u64 = 1000;
+    const WORKERS: u64 = 4;
+    let started = Instant::now();
+    let path = format!("/v1/topics/{topic}/messages/batch");
+    let full = batch_body(body, PER_REQUEST as usize);
+    let requests = count.div_ceil(PER_REQUEST);
+    let mut tasks = Vec::new();
+    for i in 0..WORKERS {
+        let (path, full, body) = (path.clone(), full.clone(), Bytes::copy_from_slice(body));
+        let mut conn = Conn::connect(addr).await?;
+        tasks.push(tokio::spawn(async move {
+            for r in (i..requests).step_by(WORKERS as usize) {
+                let n = PER_REQUEST.min(count - r * PER_REQUEST) as usize;
+                let batch = if n == PER_REQUEST as usize {
+                    full.clone()
+                } else {
+                    batch_body(&body, n)
+                };
+                conn.json(Method::POST, &path, batch, &[StatusCode::CREATED])
+                    .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(started.elapsed())
 }

@@ -4,6 +4,8 @@
 //!   with a large backlog, restart time.
 //! - `bin/http.rs`: the real `courier` server over HTTP, side by side with
 //!   Redis (`XADD`, AOF with `appendfsync always`) driven by the same load generator.
+//! - `bin/push.rs`: push delivery (Courier POSTs each message to a service)
+//!   next to RabbitMQ consumers in the same run: throughput and open-loop latency.
 //!
 //! The pieces they share:
 //! - [`load`]: the closed-loop driver: N workers, each with one request
@@ -14,6 +16,9 @@
 //! - [`report`]: goals and Markdown tables.
 //! - [`machine`]: process memory, the machine's description, the disk's fdatasync latency.
 //! - [`child`]: servers started for a run, stopped by their PID when dropped.
+//! - [`openloop`], [`tally`], [`receiver`], [`amqp`]: the delivery benchmarks'
+//!   fixed-rate generator, the consuming side's counts and latencies, the
+//!   push receivers (in-process HTTP services) and the RabbitMQ client side.
 //!
 //! Every run is bounded: each case runs for a fixed time and pre-filled
 //! backlogs have a fixed size; servers listen on 127.0.0.1 only.
@@ -23,13 +28,17 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+pub mod amqp;
 pub mod child;
 pub mod http;
 pub mod inproc;
 pub mod load;
 pub mod machine;
+pub mod openloop;
+pub mod receiver;
 pub mod report;
 pub mod resp;
+pub mod tally;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -240,3 +240,16 @@ pub fn print_header(program: &str, dir: &Path) -> Result<()> {
     );
     Ok(())
 }
+
+/// The PID of a process whose command name (`/proc/<pid>/comm`) is `name`,
+/// if exactly one has it: for the CPU of a server this run did not start.
+pub fn pid_named(name: &str) -> Option<u32> {
+    let mut found = std::fs::read_dir("/proc").ok()?.filter_map(|entry| {
+        let entry = entry.ok()?;
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+        (comm.trim() == name).then_some(pid)
+    });
+    let pid = found.next()?;
+    found.next().is_none().then_some(pid)
+}

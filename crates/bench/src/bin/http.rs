@@ -10,7 +10,6 @@
 //! column is skipped. Both servers listen on 127.0.0.1, use a temporary data
 //! directory, and are stopped by their PID at the end.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -20,7 +19,7 @@ use std::time::{Duration, Instant};
 use ::http::{Method, StatusCode};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use courier_bench::child::{self, Spawned};
+use courier_bench::child::{self, Courier, Spawned};
 use courier_bench::load::{self, Outcome};
 use courier_bench::machine::CpuMeter;
 use courier_bench::report::{count, goals_table, micros, Goal, Table};
@@ -176,7 +175,7 @@ fn main() -> Result<()> {
 }
 
 fn find_programs(options: &Options) -> Result<Programs> {
-    let mut courier = std::env::var_os("COURIER_BIN").map(PathBuf::from);
+    let mut courier = None;
     let mut redis = std::env::var_os("REDIS_SERVER").map(PathBuf::from);
     let mut courier_only = false;
     let mut preallocate = EmbeddedConfig::default().preallocate_bytes;
@@ -197,19 +196,7 @@ fn find_programs(options: &Options) -> Result<Programs> {
             other => bail!("unknown argument '{other}'; see docs/benchmarks.md"),
         }
     }
-    let courier = match courier {
-        Some(c) => c,
-        None => std::env::current_exe()?
-            .parent()
-            .context("the program has no directory")?
-            .join("courier"),
-    };
-    if !courier.is_file() {
-        bail!(
-            "no courier binary at {}: build it with `cargo build --release -p courier` (same CARGO_TARGET_DIR), or give --courier PATH",
-            courier.display()
-        );
-    }
+    let courier = child::courier_program(courier)?;
     let redis = redis
         .or_else(|| Some(PathBuf::from("/usr/bin/redis-server")))
         .filter(|p| p.is_file());
@@ -328,43 +315,12 @@ async fn courier_http(
     prefill: u64,
 ) -> Result<Vec<(Case, Measured)>> {
     let dir = options.temp_dir("courier-bench-http-")?;
-    // Its log (default level, info) goes to a file, shown if it fails to start.
-    let log_path = dir.path().join("courier.log");
-    let log = std::fs::File::create(&log_path)?;
-    let mut command = Command::new(&programs.courier);
-    command
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--data-dir",
-        ])
-        .arg(dir.path().join("data"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log);
-    let config = dir.path().join("courier.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[engine.embedded]\npreallocate_bytes = {}\n",
-            programs.preallocate
-        ),
-    )?;
-    command.arg("--config").arg(config);
-    for (var, _) in std::env::vars_os() {
-        if var.to_string_lossy().starts_with("COURIER_") {
-            command.env_remove(var);
-        }
-    }
-    command.env("COURIER_FSYNC", options.fsync.to_string());
-    let mut server = Spawned::start("courier", command)?;
-    let addr = listening_address(&mut server).map_err(|e| {
-        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        e.context(format!("courier's log:\n{log}"))
-    })?;
+    let config = format!(
+        "[engine.embedded]\npreallocate_bytes = {}\n",
+        programs.preallocate
+    );
+    let Courier { mut server, addr } =
+        Courier::start(&programs.courier, dir.path(), &config, options.fsync)?;
     let pid = server.pid();
     println!("courier (pid {pid}) listening on {addr}");
 
@@ -454,7 +410,7 @@ async fn courier_http(
                 .await?
             }
             Case::PullAck => {
-                let took = http_prefill(addr, topic, prefill).await?;
+                let took = http::prefill(addr, topic, prefill, &body(BODY)).await?;
                 println!(
                     "pre-filled {} × {BODY} B over HTTP in {:.1} s (batches of 1000)",
                     count(prefill as f64),
@@ -520,56 +476,6 @@ fn topic_of(case: Case) -> &'static str {
         Case::Batch => "batch",
         Case::PullAck => "work",
     }
-}
-
-/// Reads the one line `courier serve` prints on stdout: `courier listening on http://ADDR`.
-fn listening_address(server: &mut Spawned) -> Result<SocketAddr> {
-    let stdout = server
-        .child_mut()
-        .stdout
-        .take()
-        .context("no stdout from courier")?;
-    let mut lines = BufReader::new(stdout);
-    let mut line = String::new();
-    lines.read_line(&mut line)?;
-    // Keep draining it, so a later line never blocks the server.
-    std::thread::spawn(move || std::io::copy(&mut lines, &mut std::io::sink()));
-    line.trim()
-        .strip_prefix("courier listening on http://")
-        .with_context(|| format!("courier did not start: '{}'", line.trim()))?
-        .parse()
-        .context("courier printed an address that does not parse")
-}
-
-async fn http_prefill(addr: SocketAddr, topic: &str, count: u64) -> Result<Duration> {
-    const PER_REQUEST: u64 = 1000;
-    let started = Instant::now();
-    let path = format!("/v1/topics/{topic}/messages/batch");
-    let full = http::batch_body(&body(BODY), PER_REQUEST as usize);
-    let requests = count.div_ceil(PER_REQUEST);
-    let workers = 4u64;
-    let mut tasks = Vec::new();
-    for i in 0..workers {
-        let (path, full) = (path.clone(), full.clone());
-        let mut conn = http::Conn::connect(addr).await?;
-        tasks.push(tokio::spawn(async move {
-            for r in (i..requests).step_by(workers as usize) {
-                let n = PER_REQUEST.min(count - r * PER_REQUEST) as usize;
-                let batch = if n == PER_REQUEST as usize {
-                    full.clone()
-                } else {
-                    http::batch_body(&body(BODY), n)
-                };
-                conn.json(Method::POST, &path, batch, &[StatusCode::CREATED])
-                    .await?;
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for task in tasks {
-        task.await??;
-    }
-    Ok(started.elapsed())
 }
 
 /// Starts `redis-server` with an fsync-always AOF and runs the XADD cases.
