@@ -118,3 +118,17 @@ async fn a_cursor_removed_by_retention_gets_a_reset() {
     assert_eq!(seqs(&v), (first..=6).collect::<Vec<_>>());
     assert_eq!(v["next_cursor"], 7);
 }
+
+#[tokio::test]
+async fn cursor_zero_on_an_empty_topic_waits_only_its_wait() {
+    let s = TestServer::start().await;
+    create_topic(&s, "empty").await;
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        poll(&s, "empty", "cursor=0&wait_ms=50&key=k"),
+    )
+    .await
+    .expect("a poll of an empty topic answers after its wait");
+    assert_eq!(answer["messages"], json!([]));
+    assert_eq!(answer["next_cursor"], 1);
+}

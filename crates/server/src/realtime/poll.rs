@@ -48,6 +48,9 @@ pub(crate) struct PollQuery {
 
 /// Waits for messages after a cursor.
 ///
+/// The longest a poll reads stored messages looking for a match.
+const SCAN_BOUND: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Answers at once when messages after `cursor` match; otherwise waits up
 /// to `wait_ms` for the first. `next_cursor` is the cursor of the next poll
 /// (past filtered-out messages too); `reset` says what retention removed
@@ -102,7 +105,9 @@ pub(crate) async fn poll(
     let info = s.engine.topic(&topic).await?;
     // A cursor past the end means the end: sequences below it that come
     // later would otherwise move the cursor back.
-    let cursor = cursor.map_or(info.next_seq, |c| c.min(info.next_seq));
+    // Sequences start at 1: cursor 0 means the same as 1, and would
+    // otherwise look like a message waiting below the end of an empty topic.
+    let cursor = cursor.map_or(info.next_seq, |c| c.clamp(1, info.next_seq.max(1)));
     let mut feed = Feed::open(
         s.engine.as_ref(),
         &topic,
@@ -112,6 +117,9 @@ pub(crate) async fn poll(
     .await?;
 
     let deadline = tokio::time::Instant::now() + wait;
+    // Reading what already exists is never waited on for long: a bound in
+    // case the log has less after the cursor than its end suggests (holes).
+    let scan_deadline = deadline.max(tokio::time::Instant::now() + SCAN_BOUND);
     let mut messages = Vec::new();
     let mut reset: Option<Reset> = None;
     let mut scanned = 0;
@@ -128,6 +136,7 @@ pub(crate) async fn poll(
             // the scan limit), however long the wait asked for.
             tokio::select! {
                 event = feed.next() => event,
+                () = tokio::time::sleep_until(scan_deadline) => break,
                 () = s.draining.cancelled() => break,
             }
         } else {
