@@ -122,7 +122,7 @@ async fn a_cursor_removed_by_retention_gets_a_reset() {
 #[tokio::test]
 async fn cursor_zero_on_an_empty_topic_waits_only_its_wait() {
     let s = TestServer::start().await;
-    create_topic(&s, "empty").await;
+    create_topic(&s.url, "empty", json!({})).await;
     let answer = tokio::time::timeout(
         Duration::from_secs(10),
         poll(&s, "empty", "cursor=0&wait_ms=50&key=k"),
