@@ -76,7 +76,7 @@ pub struct PollResponse {
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct Presence {
     pub topic: String,
-    /// Live streaming listeners of the topic (Server-Sent Events now), whatever their filter.
+    /// Live streaming listeners of the topic (event streams and WebSocket subscriptions), whatever their filter.
     pub listeners: u64,
     /// Listeners by filter, most first; the unfiltered ones under `""`.
     pub filters: Vec<FilterPresence>,

@@ -97,7 +97,7 @@ impl AppState {
         (name = "subscriptions", description = "Subscriptions, leases and acknowledgements"),
         (name = "dead-letters", description = "Messages that ran out of attempts"),
         (name = "services", description = "Named pools of instances that push subscriptions deliver to"),
-        (name = "realtime", description = "Live delivery to browsers and apps: Server-Sent Events, long polls, presence. See docs/realtime.md"),
+        (name = "realtime", description = "Live delivery to browsers and apps: Server-Sent Events, WebSocket, long polls, presence. See docs/realtime.md"),
         (name = "broker", description = "Health, statistics and this document"),
     ),
     modifiers(&BearerAuth),
