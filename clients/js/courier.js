@@ -236,6 +236,7 @@ class Subscription {
     if (this.from === "earliest") cursor = 1;
     else if (/^(seq:)?\d+$/.test(this.from)) cursor = Number(this.from.replace("seq:", ""));
     let controller = null;
+    let open = false;
     this._stop = () => controller?.abort();
     const loop = async () => {
       while (!this.closed) {
@@ -251,13 +252,17 @@ class Subscription {
           );
           const answer = await response.json();
           if (!response.ok) throw new CourierError(answer.code, answer.detail, response.status);
-          if (this.attempt > 0 || cursor === null) this.onStatus("open");
+          if (!open) {
+            open = true;
+            this.onStatus("open");
+          }
           this.attempt = 0;
           if (answer.reset) this._reset(answer.reset);
           for (const m of answer.messages) this._deliver(m);
           cursor = answer.next_cursor;
         } catch (e) {
           if (this.closed) return;
+          open = false;
           this.onStatus("reconnecting", { error: e });
           await new Promise((r) => (this._timer = setTimeout(r, backoff(this.attempt++))));
         }

@@ -1,5 +1,5 @@
 //! The demo page in real headless Chromium: it follows a topic over
-//! Server-Sent Events (through /js/courier.js), shows messages published over
+//! Server-Sent Events, then over a WebSocket (through /js/courier.js), shows messages published over
 //! the HTTP API, survives a server restart on the same port, and shows every
 //! message exactly once.
 //!
@@ -87,9 +87,18 @@ async fn demo_page_shows_every_message_once_across_a_restart() {
         println!("skipped: {why}");
         return;
     }
+    // One after the other: two browsers at once would crowd two cores.
+    for transport in ["sse", "ws"] {
+        across_a_restart(transport).await;
+    }
+}
+
+/// The page follows a topic over `transport`; the server restarts between
+/// two rounds of publishes.
+async fn across_a_restart(transport: &str) {
     let s = TestServer::start_with(|c| c.realtime.retry = Duration::from_millis(300)).await;
     create_topic(&s.url, "demo", json!({})).await;
-    let url = format!("{}/demo?topic=demo&transport=sse&from=new", s.url);
+    let url = format!("{}/demo?topic=demo&transport={transport}&from=new", s.url);
     let mut child = Command::new("node")
         .arg(script_dir().join("demo.mjs"))
         .arg(&url)
