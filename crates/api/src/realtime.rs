@@ -1,5 +1,5 @@
 //! Real-time delivery on the wire: what Server-Sent Events, long polls and
-//! (later) WebSocket frames carry, the presence answer, and the token claims
+//! WebSocket frames ([`ws`]) carry, the presence answer, and the token claims
 //! that say who may subscribe and publish. docs/realtime.md is the prose form.
 
 use std::collections::BTreeMap;
@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::MessageView;
+
+pub mod ws;
 
 /// SSE `event:` names.
 pub mod events {
@@ -74,7 +76,7 @@ pub struct PollResponse {
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct Presence {
     pub topic: String,
-    /// Live streaming listeners of the topic (Server-Sent Events now), whatever their filter.
+    /// Live streaming listeners of the topic (event streams and WebSocket subscriptions), whatever their filter.
     pub listeners: u64,
     /// Listeners by filter, most first; the unfiltered ones under `""`.
     pub filters: Vec<FilterPresence>,

@@ -220,25 +220,37 @@ impl ServerConfig {
     }
 }
 
-/// Real-time delivery to browsers and apps: Server-Sent Events and long polls.
+/// Real-time delivery to browsers and apps: Server-Sent Events, WebSockets and long polls.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RealtimeConfig {
-    /// A comment is sent on an idle event stream this often, in milliseconds,
-    /// so proxies and browsers do not close it.
+    /// A comment is sent on an idle event stream (and a ping on a WebSocket)
+    /// this often, in milliseconds, so proxies and browsers do not close it.
     #[serde(with = "millis")]
     pub keepalive_interval: Duration,
     /// The `retry:` hint an event stream starts with: how long a browser
     /// waits before reconnecting, in milliseconds.
     #[serde(with = "millis")]
     pub retry: Duration,
-    /// Streaming connections (event streams) open at once, in total; more
+    /// Streaming connections (event streams and WebSockets) open at once, in total; more
     /// are refused with 503 `realtime_full`.
     pub max_connections: usize,
     /// Streaming connections one client (IP address, or the client a trusted
     /// proxy names) may hold; more are refused with 429
     /// `too_many_connections`. 0 = no per-client limit.
     pub max_connections_per_ip: usize,
+    /// Frames waiting to be written to one WebSocket, at most; a client that
+    /// reads so slowly that they fill up is closed with code 4008.
+    pub ws_send_queue: usize,
+    /// How long a frame may wait for room in a full WebSocket queue, in
+    /// milliseconds, before the client is closed with code 4008.
+    #[serde(with = "millis")]
+    pub ws_send_timeout: Duration,
+    /// Publishes one WebSocket may have in flight; past it the server reads
+    /// no more frames from that client until one completes.
+    pub ws_publishes_in_flight: usize,
+    /// Largest WebSocket message a client may send, in bytes.
+    pub ws_max_message: usize,
 }
 
 impl Default for RealtimeConfig {
@@ -248,6 +260,10 @@ impl Default for RealtimeConfig {
             retry: Duration::from_secs(3),
             max_connections: 10_000,
             max_connections_per_ip: 0,
+            ws_send_queue: 1024,
+            ws_send_timeout: Duration::from_secs(5),
+            ws_publishes_in_flight: 256,
+            ws_max_message: 1024 * 1024,
         }
     }
 }
@@ -552,6 +568,7 @@ impl Config {
         for (key, value) in [
             ("realtime.keepalive_interval", r.keepalive_interval),
             ("realtime.retry", r.retry),
+            ("realtime.ws_send_timeout", r.ws_send_timeout),
         ] {
             if value.is_zero() {
                 return bad(format!("{key} must be above 0 ms"));
@@ -559,6 +576,17 @@ impl Config {
         }
         if r.max_connections == 0 {
             return bad("realtime.max_connections must be at least 1".into());
+        }
+        for (key, value) in [
+            ("realtime.ws_send_queue", r.ws_send_queue),
+            ("realtime.ws_publishes_in_flight", r.ws_publishes_in_flight),
+        ] {
+            if value == 0 {
+                return bad(format!("{key} must be at least 1"));
+            }
+        }
+        if r.ws_max_message < 1024 {
+            return bad("realtime.ws_max_message must be at least 1024 bytes".into());
         }
         crate::auth::Authenticator::from_config(&self.auth)?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {

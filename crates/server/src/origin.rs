@@ -2,8 +2,8 @@
 //! Courier reachable from the user's browser (localhost included), even with
 //! no authentication configured.
 //!
-//! [`OriginLayer`] refuses state-changing requests (POST, PUT, PATCH, DELETE)
-//! whose `Origin` header names neither this server (the `Host` the request was
+//! [`OriginLayer`] refuses state-changing requests (POST, PUT, PATCH, DELETE,
+//! and WebSocket upgrades: a WebSocket can publish) whose `Origin` header names neither this server (the `Host` the request was
 //! sent to) nor an origin in `server.allowed_origins`, with 403
 //! `origin_not_allowed`. Requests without `Origin` (curl, SDKs, servers) pass:
 //! browsers always send it on cross-origin requests that change state.
@@ -90,13 +90,23 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let headers = req.headers();
         let origin = headers.get(header::ORIGIN).map(HeaderValue::as_bytes);
+        // Browsers send `Origin` on every WebSocket handshake, and a page of
+        // any site may open one: it is checked like a POST.
+        let websocket = headers
+            .get(header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        let method = if websocket {
+            &Method::POST
+        } else {
+            req.method()
+        };
         // HTTP/2 carries the host in the URI (`:authority`), HTTP/1.1 in `Host`.
         let host = req
             .uri()
             .authority()
             .map(|a| a.as_str())
             .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()));
-        if self.layer.permits(req.method(), origin, host) {
+        if self.layer.permits(method, origin, host) {
             return Checked::Pass {
                 future: self.inner.call(req),
             };

@@ -5,6 +5,9 @@
 mod broker;
 mod codec;
 mod messages;
+pub(crate) use codec::message_from_json;
+pub(crate) use messages::publish_one;
+pub(crate) use subscriptions::check_tokens;
 mod services;
 pub(crate) use services::instance_from;
 mod subscriptions;
@@ -94,7 +97,7 @@ impl AppState {
         (name = "subscriptions", description = "Subscriptions, leases and acknowledgements"),
         (name = "dead-letters", description = "Messages that ran out of attempts"),
         (name = "services", description = "Named pools of instances that push subscriptions deliver to"),
-        (name = "realtime", description = "Live delivery to browsers and apps: Server-Sent Events, long polls, presence. See docs/realtime.md"),
+        (name = "realtime", description = "Live delivery to browsers and apps: Server-Sent Events, WebSocket, long polls, presence. See docs/realtime.md"),
         (name = "broker", description = "Health, statistics and this document"),
     ),
     modifiers(&BearerAuth),
@@ -444,6 +447,7 @@ pub(crate) fn app(
         .merge(router(pull_routes()).layer(long))
         .merge(guarded)
         .route("/metrics", axum::routing::get(crate::metrics::scrape))
+        .merge(crate::realtime::client_routes().layer(quick))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, codes::NOT_FOUND, "no such route")
         })

@@ -237,7 +237,7 @@ pub(crate) async fn pull(
 
 /// 1 to [`MAX_TOKENS`] tokens: an empty list is a client bug, and a huge one
 /// would hold the subscription's lock for too long.
-pub(super) fn check_tokens(tokens: &[LeaseToken]) -> Result<(), ApiError> {
+pub(crate) fn check_tokens(tokens: &[LeaseToken]) -> Result<(), ApiError> {
     match tokens.len() {
         0 => Err(ApiError::invalid_argument("tokens must not be empty")),
         n if n > MAX_TOKENS => Err(ApiError::invalid_argument(format!(

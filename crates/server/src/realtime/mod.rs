@@ -1,9 +1,10 @@
-//! Real-time delivery to browsers and apps over plain HTTP: Server-Sent
-//! Events (`sse.rs`) and long polls (`poll.rs`), with presence counts.
+//! Real-time delivery to browsers and apps: Server-Sent Events (`sse.rs`),
+//! WebSockets (`ws.rs`) and long polls (`poll.rs`), with presence counts;
+//! and the JavaScript client and demo page that use them (`clients.rs`).
 //! docs/realtime.md describes the wire; docs/architecture.md the path.
 //!
-//! Every transport is the same three steps, so a new one (WebSocket) only
-//! adds its framing:
+//! Every transport is the same three steps and only adds its framing (a
+//! WebSocket takes them once per subscription, its connection once):
 //!
 //! 1. **Who**: the route sits behind [`crate::auth::AuthLayer`]; the handler
 //!    asks the request's [`crate::auth::Access`] with
@@ -16,31 +17,37 @@
 //!    [`Filter`], yielding messages, [`courier_api::realtime::Reset`]s where
 //!    retention was faster, and skipped runs; the feed keeps the cursor.
 
+mod clients;
 mod feed;
 mod filter;
 mod limits;
 mod poll;
 mod presence;
 mod sse;
+mod ws;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+pub(crate) use clients::routes as client_routes;
 pub(crate) use feed::{parse_from, resume_after, Feed, FeedEvent};
 pub(crate) use filter::Filter;
 pub(crate) use limits::{Admission, ClientIp, Limits};
 pub(crate) use presence::{Listening, Presence};
 
+use tokio_util::task::TaskTracker;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::api::AppState;
 use crate::config::{Config, IpNet};
 
-/// Event streams: no request timeout (they last as long as the client
-/// stays), ended by shutdown.
+/// Event streams and WebSockets: no request timeout (they last as long as
+/// the client stays), ended by shutdown.
 pub(crate) fn stream_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(sse::events))
+    OpenApiRouter::new()
+        .routes(routes!(sse::events))
+        .routes(routes!(ws::ws))
 }
 
 /// Long polls: their wait comes on top of the request timeout, as for pulls.
@@ -60,6 +67,10 @@ pub(crate) struct Realtime {
     pub keepalive_interval: Duration,
     pub retry: Duration,
     pub trusted_proxies: Vec<IpNet>,
+    pub ws: ws::WsSettings,
+    /// Upgraded WebSockets live outside the HTTP connection loop; shutdown
+    /// waits for them here.
+    pub connections: TaskTracker,
 }
 
 impl Realtime {
@@ -70,6 +81,13 @@ impl Realtime {
             keepalive_interval: config.realtime.keepalive_interval,
             retry: config.realtime.retry,
             trusted_proxies: config.server.trusted_proxies.clone(),
+            ws: ws::WsSettings {
+                send_queue: config.realtime.ws_send_queue,
+                send_timeout: config.realtime.ws_send_timeout,
+                publishes_in_flight: config.realtime.ws_publishes_in_flight,
+                max_message: config.realtime.ws_max_message,
+            },
+            connections: TaskTracker::new(),
         }
     }
 }

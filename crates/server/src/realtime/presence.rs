@@ -113,7 +113,7 @@ impl Drop for Listening {
     ),
     security((), ("bearer" = []), ("token" = [])),
     responses(
-        (status = 200, description = "Streaming listeners now (event streams; long polls are not counted)", body = PresenceView),
+        (status = 200, description = "Streaming listeners now (event streams and WebSocket subscriptions; long polls are not counted)", body = PresenceView),
         (status = 401, description = "`unauthenticated`", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`forbidden`: the token grants no subscription to this topic", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`topic_not_found`", body = Problem, content_type = "application/problem+json"),

@@ -71,7 +71,8 @@ impl Connection {
             stream,
             activity: activity.clone(),
         });
-        let connection = builder.serve_connection(io, service);
+        // With upgrades: a WebSocket leaves this loop once switched.
+        let connection = builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(connection);
         let result = tokio::select! {
             result = connection.as_mut() => result,

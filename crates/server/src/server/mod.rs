@@ -132,8 +132,11 @@ pub async fn run(
     tasks.close();
     // Requests and pushes drain side by side, within the same grace; pushes
     // still running at its end are cut and their messages released.
+    let websockets = &state.realtime.connections;
+    websockets.close();
     let requests = async {
-        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+        let all = async { tokio::join!(tasks.wait(), websockets.wait()) };
+        if tokio::time::timeout(grace, all).await.is_err() {
             tracing::warn!(
                 grace_ms = grace.as_millis() as u64,
                 "in-flight requests still running after the shutdown timeout; closing anyway"

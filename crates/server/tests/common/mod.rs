@@ -106,6 +106,15 @@ impl TestServer {
         config.server.listen = "127.0.0.1:0".parse().unwrap();
         Self::boot(config, self.dir.clone()).await
     }
+
+    /// Stops, then starts a new server on the same data directory and the
+    /// same port, as clients that reconnect to one address expect.
+    pub async fn restart_on_same_port(mut self) -> Self {
+        self.stop().await;
+        let mut config = self.config.clone();
+        config.server.listen = self.addr;
+        Self::boot(config, self.dir.clone()).await
+    }
 }
 
 /// Polls `check` until it returns `Some`, failing the test at the deadline.
