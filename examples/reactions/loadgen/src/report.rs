@@ -46,13 +46,18 @@ pub fn fault_label(fault: &str) -> &str {
 
 pub fn write(args: &Args, command: &str, cells: &[Cell]) -> anyhow::Result<()> {
     let kind = if args.quick { "QUICK" } else { "REAL" };
+    let build = if cfg!(debug_assertions) {
+        "a debug build"
+    } else {
+        "a release build"
+    };
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut md = String::new();
     let _ = writeln!(md, "# The reactions experiment: sync vs async\n");
     let _ = writeln!(
         md,
-        "**This is a {kind} run.** Produced by `{command}` on a machine with {cores} cores \
+        "**This is a {kind} run** ({build}). Produced by `{command}` on a machine with {cores} cores \
          (load average at the end: {}). {}\n",
         load.split_whitespace()
             .take(3)
