@@ -43,6 +43,16 @@ fn view(service: &courier_upstream::Service) -> ServiceView {
     }
 }
 
+/// The named service, or 404 `service_not_found`.
+fn service(
+    s: &AppState,
+    name: &str,
+) -> Result<std::sync::Arc<courier_upstream::Service>, ApiError> {
+    s.upstreams()
+        .get(name)
+        .ok_or_else(|| service_not_found(name))
+}
+
 fn service_not_found(name: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -73,10 +83,7 @@ pub(crate) async fn get_service(
     State(s): State<AppState>,
     Name(name): Name,
 ) -> Result<Json<ServiceView>, ApiError> {
-    let service = s
-        .upstreams()
-        .get(&name)
-        .ok_or_else(|| service_not_found(&name))?;
+    let service = service(&s, &name)?;
     Ok(Json(view(&service)))
 }
 
@@ -218,10 +225,7 @@ pub(crate) async fn heartbeat(
     State(s): State<AppState>,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let service = s
-        .upstreams()
-        .get(&name)
-        .ok_or_else(|| service_not_found(&name))?;
+    let service = service(&s, &name)?;
     if service.heartbeat(&id) {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -253,10 +257,7 @@ pub(crate) async fn deregister(
     State(s): State<AppState>,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let service = s
-        .upstreams()
-        .get(&name)
-        .ok_or_else(|| service_not_found(&name))?;
+    let service = service(&s, &name)?;
     if service.deregister(&id) {
         Ok(StatusCode::NO_CONTENT)
     } else {
