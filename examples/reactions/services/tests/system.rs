@@ -134,6 +134,65 @@ async fn while_notifications_are_down_reactions_succeed_and_every_one_is_deliver
     assert_eq!(outbox["sent"], 21);
 }
 
+/// Courier pushes in batches: an entry that is no `reaction.created` goes to
+/// the dead letters on its own, and the valid events beside it are stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_event_is_dead_lettered_without_holding_back_the_batch() {
+    let sys = System::start().await;
+    let author = sys.user("Author").await;
+    let fan = sys.user("Fan").await;
+    let post = sys.post(&author, "batched").await;
+    let event = |id: &str| {
+        json!({
+            "event_id": id, "type": "reaction.created", "reaction_id": format!("r-{id}"),
+            "post_id": post, "post_author_id": author, "post_text": "batched",
+            "user_id": fan, "user_name": "Fan", "kind": "like", "created_at": 1,
+        })
+        .to_string()
+    };
+    // Straight into the topic, in one batch, while the service is down so
+    // that the push that follows carries all three together.
+    sys.faults(json!({ "down": true })).await;
+    let (status, body) = sys
+        .send(
+            Method::POST,
+            &format!("{}/v1/topics/reactions/messages/batch", sys.c()),
+            Some(json!({ "messages": [
+                { "id": "direct-1", "body": event("direct-1") },
+                { "id": "garbage-1", "body": "{\"not\": \"a reaction\"}" },
+                { "id": "direct-2", "body": event("direct-2") },
+            ]})),
+        )
+        .await;
+    assert!(status < 300, "{status} {body}");
+    sys.faults(json!({ "down": false })).await;
+
+    let mut ids = exactly_n_notifications(&sys, &author, 2).await;
+    ids.sort();
+    assert_eq!(ids, ["direct-1", "direct-2"]);
+    let dead = eventually("the malformed event is dead-lettered", || async {
+        let v = sys
+            .get(&format!(
+                "{}/v1/subscriptions/notifications-push/dead-letters",
+                sys.c()
+            ))
+            .await
+            .ok()?;
+        (!v["messages"].as_array()?.is_empty()).then_some(v)
+    })
+    .await;
+    let dead = dead["messages"].as_array().unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(
+        dead[0]["headers"]["courier-dlq-id"], "garbage-1",
+        "{dead:?}"
+    );
+    let error = dead[0]["headers"]["courier-dlq-last-error"]
+        .as_str()
+        .unwrap();
+    assert!(error.contains("not a reaction.created"), "{error}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crash_between_commit_and_publish_loses_nothing_and_duplicates_nothing() {
     let mut sys = System::start().await;

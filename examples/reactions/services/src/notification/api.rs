@@ -2,7 +2,7 @@
 //!
 //! | route | |
 //! |---|---|
-//! | `POST /v1/push/reactions` | Courier's push: one signed `reaction.created` (CloudEvents binary mode) |
+//! | `POST /v1/push/reactions` | Courier's push: a signed batch of `reaction.created` events (or one, in CloudEvents binary mode) |
 //! | `POST /v1/notify` | the same event, called directly by the reaction service in sync mode |
 //! | `GET /v1/users/{id}/notifications?limit=` | `{"notifications": [...], "unread": n}`, newest first |
 //! | `POST /v1/users/{id}/notifications/read` | mark all read |
@@ -17,7 +17,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use courier_client::Publish;
+use courier_client::wire::push::{PushBatch, PushBatchAnswer, PushEntryResult, PushEntryStatus};
+use courier_client::wire::PublishMessage;
 use serde::Deserialize;
 use serde_json::json;
 use tower_http::cors::CorsLayer;
@@ -50,9 +51,10 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .with_state(state)
 }
 
-/// Courier's push. 2xx acks; a problem makes Courier retry (after
-/// `Retry-After` when given); `Courier-Dead-Letter` gives up on an event that
-/// can never be handled.
+/// Courier's push: one event (CloudEvents binary mode, with a `ce-id`) or a
+/// batch (`{"messages": [...]}`, the subscription's `batch_size` > 1). 2xx
+/// acks; a problem makes Courier retry (after `Retry-After` when given);
+/// `Courier-Dead-Letter` gives up on an event that can never be handled.
 async fn push(s: S, headers: HeaderMap, body: Bytes) -> Response {
     if let Some(refused) = faulted(&s).await {
         return refused.into_response();
@@ -65,23 +67,86 @@ async fn push(s: S, headers: HeaderMap, body: Bytes) -> Response {
         )
         .into_response();
     }
+    if !headers.contains_key("ce-id") {
+        return push_batch(&s, &body).await;
+    }
     let event: ReactionCreated = match serde_json::from_slice(&body) {
         Ok(e) => e,
         Err(e) => {
-            let mut r =
-                Problem::unprocessable("invalid_event", format!("not a reaction.created: {e}"))
-                    .into_response();
-            r.headers_mut().insert(
-                "courier-dead-letter",
-                HeaderValue::from_static("invalid event"),
-            );
-            return r;
+            return dead_letter(Problem::unprocessable(
+                "invalid_event",
+                format!("not a reaction.created: {e}"),
+            ))
         }
     };
     match handle(&s, &event).await {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(p) => p.into_response(),
     }
+}
+
+/// A batch push: the valid events are stored in one transaction and
+/// published in one Courier batch; an entry that is no `reaction.created`
+/// is dead-lettered on its own, without holding back the others.
+async fn push_batch(s: &State, body: &[u8]) -> Response {
+    let batch: PushBatch = match serde_json::from_slice(body) {
+        Ok(b) => b,
+        Err(e) => {
+            return dead_letter(Problem::unprocessable(
+                "invalid_batch",
+                format!("not a Courier push batch: {e}"),
+            ))
+        }
+    };
+    let mut events = Vec::with_capacity(batch.messages.len());
+    let mut results = Vec::new();
+    for pushed in &batch.messages {
+        let parsed = pushed
+            .message
+            .body_bytes()
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<ReactionCreated>(&b).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(event) => events.push(event),
+            Err(e) => results.push(PushEntryResult {
+                id: pushed.message.id.clone(),
+                status: PushEntryStatus::DeadLetter,
+                retry_after: None,
+                error: Some(format!("not a reaction.created: {e}")),
+            }),
+        }
+    }
+    if let Err(p) = handle_many(s, &events).await {
+        return p.into_response();
+    }
+    if results.is_empty() {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    // Entries left out of the results would be retried: name the acked ones.
+    let acked = batch
+        .messages
+        .iter()
+        .filter(|m| !results.iter().any(|r| r.id == m.message.id));
+    let acked: Vec<_> = acked
+        .map(|m| PushEntryResult {
+            id: m.message.id.clone(),
+            status: PushEntryStatus::Ack,
+            retry_after: None,
+            error: None,
+        })
+        .collect();
+    results.extend(acked);
+    axum::Json(PushBatchAnswer { results }).into_response()
+}
+
+/// A problem Courier must not retry: the message goes to the dead letters.
+fn dead_letter(problem: Problem) -> Response {
+    let mut r = problem.into_response();
+    r.headers_mut().insert(
+        "courier-dead-letter",
+        HeaderValue::from_static("invalid event"),
+    );
+    r
 }
 
 /// Sync mode: the reaction service waits for this answer.
@@ -119,19 +184,40 @@ async fn handle(
     s: &State,
     event: &ReactionCreated,
 ) -> Result<(store::Notification, bool), Problem> {
-    let (n, created) = store::store(&s.db, event).await?;
-    let publish = Publish {
-        // The same notification always has the same Courier id: a redelivered
-        // event does not show twice in the browser either.
-        id: Some(format!("notification-{}", n.event_id)),
-        key: Some(n.user_id.clone()),
-        content_type: Some("application/json".into()),
-        ..Publish::default()
-    };
-    let body = serde_json::to_vec(&n)
-        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "encode", e.to_string()))?;
+    let stored = store::store(&s.db, event).await?;
+    publish(s, std::slice::from_ref(&stored)).await?;
+    Ok(stored)
+}
+
+/// [`handle`] for a batch: one transaction, one Courier batch publish.
+async fn handle_many(s: &State, events: &[ReactionCreated]) -> Result<(), Problem> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let stored = store::store_many(&s.db, events).await?;
+    publish(s, &stored).await
+}
+
+/// Publishes stored notifications to their authors' channels (a redelivered
+/// event's too: Courier drops the repeat by id), then counts them.
+async fn publish(s: &State, stored: &[(store::Notification, bool)]) -> Result<(), Problem> {
+    let mut messages = Vec::with_capacity(stored.len());
+    for (n, _) in stored {
+        let body = serde_json::to_string(n).map_err(|e| {
+            Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "encode", e.to_string())
+        })?;
+        messages.push(PublishMessage {
+            // The same notification always has the same Courier id: a
+            // redelivered event does not show twice in the browser either.
+            id: Some(format!("notification-{}", n.event_id)),
+            key: Some(n.user_id.clone()),
+            headers: [("content-type".to_string(), "application/json".to_string())].into(),
+            body: Some(body),
+            ..PublishMessage::default()
+        });
+    }
     s.courier
-        .publish(NOTIFICATIONS_TOPIC, body, &publish)
+        .publish_batch(NOTIFICATIONS_TOPIC, messages)
         .await
         .map_err(|e| {
             Problem::unavailable(
@@ -141,14 +227,16 @@ async fn handle(
             .retry_after(1)
         })?;
     let mut stats = s.stats.lock();
-    if created {
-        stats.stored += 1;
-        let delay = (n.created_at - n.event_created_at).max(1) as u64;
-        let _ = stats.delay.record(delay.min(3_600_000));
-    } else {
-        stats.duplicates += 1;
+    for (n, created) in stored {
+        if *created {
+            stats.stored += 1;
+            let delay = (n.created_at - n.event_created_at).max(1) as u64;
+            let _ = stats.delay.record(delay.min(3_600_000));
+        } else {
+            stats.duplicates += 1;
+        }
     }
-    Ok((n, created))
+    Ok(())
 }
 
 #[derive(Deserialize)]

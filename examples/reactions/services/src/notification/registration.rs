@@ -4,8 +4,8 @@
 //! At start (retried until Courier answers): the `reactions` and
 //! `notifications` topics, the service's settings (short ejections, so a
 //! notification service back from an outage gets traffic within seconds),
-//! the push subscription (from the earliest message, so events published
-//! before it existed are delivered too; never dead-letters), and the
+//! the push subscription (batches of up to 32, from the earliest message, so
+//! events published before it existed are delivered too; never dead-letters), and the
 //! instance. Then a heartbeat, re-registering when Courier forgot the
 //! instance (a Courier restart). At shutdown it leaves the service.
 
@@ -93,7 +93,10 @@ async fn setup(courier: &Client, reg: &Registration) -> courier_client::Result<(
         push: Some(PushConfig {
             service: NOTIFICATIONS_SERVICE.into(),
             path: PUSH_PATH.into(),
-            max_concurrent: 64,
+            // Batches: after an outage the backlog drains with one
+            // transaction and one real-time publish per 32 events.
+            batch_size: 32,
+            max_concurrent: 16,
             timeout: Duration::from_secs(5),
             secret: Some(reg.secret.clone()),
             ..PushConfig::default()

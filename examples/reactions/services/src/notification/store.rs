@@ -28,6 +28,29 @@ pub struct Notification {
 /// Stores the notification of an event unless one exists: `(notification,
 /// true)` when this call stored it.
 pub async fn store(db: &Db, event: &ReactionCreated) -> sqlx::Result<(Notification, bool)> {
+    let mut conn = db.pool.acquire().await?;
+    store_on(&mut conn, event).await
+}
+
+/// [`store`] for a batch of events, in one transaction: one commit (and one
+/// WAL sync) for the batch instead of one per event.
+pub async fn store_many(
+    db: &Db,
+    events: &[ReactionCreated],
+) -> sqlx::Result<Vec<(Notification, bool)>> {
+    let mut tx = db.pool.begin().await?;
+    let mut stored = Vec::with_capacity(events.len());
+    for event in events {
+        stored.push(store_on(&mut tx, event).await?);
+    }
+    tx.commit().await?;
+    Ok(stored)
+}
+
+async fn store_on(
+    conn: &mut sqlx::AnyConnection,
+    event: &ReactionCreated,
+) -> sqlx::Result<(Notification, bool)> {
     let n = Notification {
         id: crate::reaction::store::new_id(),
         event_id: event.event_id.clone(),
@@ -57,7 +80,7 @@ pub async fn store(db: &Db, event: &ReactionCreated) -> sqlx::Result<(Notificati
     .bind(n.kind.as_str())
     .bind(n.event_created_at)
     .bind(n.created_at)
-    .execute(&db.pool)
+    .execute(&mut *conn)
     .await?
     .rows_affected();
     if inserted == 1 {
@@ -67,7 +90,7 @@ pub async fn store(db: &Db, event: &ReactionCreated) -> sqlx::Result<(Notificati
         "SELECT {COLUMNS} FROM notifications WHERE event_id = $1"
     ))
     .bind(&event.event_id)
-    .fetch_one(&db.pool)
+    .fetch_one(&mut *conn)
     .await?;
     Ok((notification_of(&row)?, false))
 }
