@@ -108,8 +108,15 @@ struct NewReaction {
 
 async fn react(s: S, Path(id): Path<String>, Json(body): Json<NewReaction>) -> ApiResult<Response> {
     let kind = kind_of(&body.kind)?;
-    let post = known_post(&s, &id).await?;
-    let user = known_user(&s, &body.user_id, "user_id").await?;
+    let (post, user) = store::reaction_target(&s.db.pool, &id, &body.user_id).await?;
+    let post = post
+        .ok_or_else(|| Problem::not_found("post_not_found", format!("no post with id '{id}'")))?;
+    let user = user.ok_or_else(|| {
+        Problem::unprocessable(
+            "unknown_user",
+            format!("user_id: no user with id '{}'", body.user_id),
+        )
+    })?;
     let settings = *s.mode.read();
     let outbox = settings.mode == Mode::Async;
     match store::insert_reaction(&s.db, &post, &user, kind, outbox).await? {
