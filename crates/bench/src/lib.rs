@@ -6,6 +6,9 @@
 //!   Redis (`XADD`, AOF with `appendfsync always`) driven by the same load generator.
 //! - `bin/push.rs`: push delivery (Courier POSTs each message to a service)
 //!   next to RabbitMQ consumers in the same run: throughput and open-loop latency.
+//! - `bin/realtime.rs`: fan-out to 10,000 Server-Sent Events and WebSocket
+//!   clients next to nginx + nchan (latency, memory per connection), and
+//!   WebSocket publish next to NATS JetStream.
 //!
 //! The pieces they share:
 //! - [`load`]: the closed-loop driver: N workers, each with one request

@@ -29,14 +29,12 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), Failure> {
     crate::engines::check(&config.engine)?;
     courier_server::init_tracing(&config.log);
 
-    let listener = tokio::net::TcpListener::bind(config.server.listen)
-        .await
-        .map_err(|e| {
-            Failure::new(
-                exit::FAILED,
-                format!("cannot listen on {}: {e}", config.server.listen),
-            )
-        })?;
+    let listener = listen(config.server.listen).map_err(|e| {
+        Failure::new(
+            exit::FAILED,
+            format!("cannot listen on {}: {e}", config.server.listen),
+        )
+    })?;
     let engine = crate::engines::open(&config.engine).await?;
     let addr = listener
         .local_addr()
@@ -49,4 +47,23 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), Failure> {
     courier_server::run(config, engine, listener, courier_server::shutdown_signal())
         .await
         .map_err(|e| Failure::new(exit::FAILED, e.to_string()))
+}
+
+/// Connections the kernel queues for `accept`. `TcpListener::bind` asks for
+/// 128, and past that the kernel drops SYNs, which clients resend
+/// only after a second: a burst of browsers (ten thousand reconnecting after
+/// a restart, or joining at once) then takes seconds to get in. The kernel
+/// caps this at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Listens on `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as `bind` sets it).
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }

@@ -85,6 +85,16 @@ pub async fn run(
         .timer(TokioTimer::new())
         .header_read_timeout(config.server.header_read_timeout);
     builder.http2().timer(TokioTimer::new());
+    // The same HTTP/1 settings, for connections whose first bytes tell.
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.server.header_read_timeout);
+    let protocols = connection::Protocols {
+        auto: builder,
+        http1,
+        header_read_timeout: config.server.header_read_timeout,
+    };
     let tasks = TaskTracker::new();
     let connections = Arc::new(Semaphore::new(config.server.max_connections));
 
@@ -118,9 +128,9 @@ pub async fn run(
             app: app.clone(),
             draining: state.draining.clone(),
         };
-        let builder = builder.clone();
+        let protocols = protocols.clone();
         tasks.spawn(async move {
-            connection.serve(&builder).await;
+            connection.serve(&protocols).await;
             drop(permit);
         });
     }
