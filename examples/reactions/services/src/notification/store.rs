@@ -28,6 +28,7 @@ pub struct Notification {
 /// Stores the notification of an event unless one exists: `(notification,
 /// true)` when this call stored it.
 pub async fn store(db: &Db, event: &ReactionCreated) -> sqlx::Result<(Notification, bool)> {
+    let _writer = db.writer().await;
     let mut conn = db.pool.acquire().await?;
     store_on(&mut conn, event).await
 }
@@ -38,6 +39,7 @@ pub async fn store_many(
     db: &Db,
     events: &[ReactionCreated],
 ) -> sqlx::Result<Vec<(Notification, bool)>> {
+    let _writer = db.writer().await;
     let mut tx = db.pool.begin().await?;
     let mut stored = Vec::with_capacity(events.len());
     for event in events {
@@ -120,6 +122,7 @@ pub async fn unread(db: &Db, user_id: &str) -> sqlx::Result<i64> {
 
 /// Marks every notification of the user read; how many changed.
 pub async fn mark_read(db: &Db, user_id: &str) -> sqlx::Result<u64> {
+    let _writer = db.writer().await;
     Ok(
         sqlx::query("UPDATE notifications SET read_at = $1 WHERE user_id = $2 AND read_at IS NULL")
             .bind(now_ms())

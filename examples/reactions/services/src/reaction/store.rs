@@ -55,6 +55,7 @@ pub fn new_id() -> String {
 }
 
 pub async fn create_user(db: &Db, name: &str) -> sqlx::Result<User> {
+    let _writer = db.writer().await;
     let user = User {
         id: new_id(),
         name: name.to_owned(),
@@ -93,6 +94,7 @@ fn user_of(row: &AnyRow) -> sqlx::Result<User> {
 }
 
 pub async fn create_post(db: &Db, author: &User, text: &str) -> sqlx::Result<Post> {
+    let _writer = db.writer().await;
     let post = Post {
         id: new_id(),
         author_id: author.id.clone(),
@@ -212,6 +214,7 @@ pub async fn insert_reaction(
     kind: ReactionKind,
     outbox: bool,
 ) -> sqlx::Result<Inserted> {
+    let _writer = db.writer().await;
     let reaction = Reaction {
         id: new_id(),
         post_id: post.id.clone(),
@@ -294,6 +297,7 @@ pub async fn delete_reaction(
     user_id: &str,
     kind: ReactionKind,
 ) -> sqlx::Result<bool> {
+    let _writer = db.writer().await;
     let n = sqlx::query("DELETE FROM reactions WHERE post_id = $1 AND user_id = $2 AND kind = $3")
         .bind(post_id)
         .bind(user_id)
@@ -306,6 +310,7 @@ pub async fn delete_reaction(
 
 /// Undoes a reaction whose synchronous notification failed.
 pub async fn delete_reaction_by_id(db: &Db, id: &str) -> sqlx::Result<()> {
+    let _writer = db.writer().await;
     sqlx::query("DELETE FROM reactions WHERE id = $1")
         .bind(id)
         .execute(&db.pool)
@@ -363,6 +368,7 @@ pub async fn pending(db: &Db, limit: i64) -> sqlx::Result<Vec<Pending>> {
 }
 
 pub async fn mark_sent(db: &Db, ids: &[String]) -> sqlx::Result<()> {
+    let _writer = db.writer().await;
     let sql = format!(
         "UPDATE outbox SET sent_at = $1 WHERE id IN ({})",
         crate::db::placeholders(2, ids.len())
