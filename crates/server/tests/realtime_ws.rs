@@ -336,6 +336,65 @@ async fn many_concurrent_publishes_are_answered_by_ref() {
     );
 }
 
+/// Frames written in one go are read together and published as one engine
+/// batch per topic: each publish still gets its own answer and its own
+/// sequence, a publish to a missing topic fails alone, and a frame after
+/// them is answered too.
+#[tokio::test]
+async fn publishes_sent_together_get_their_own_answers() {
+    let s = TestServer::start().await;
+    create_topic(&s.url, "a", json!({})).await;
+    create_topic(&s.url, "b", json!({})).await;
+    let mut c = Client::open(&s).await;
+    const N: usize = 200;
+    let topic_of = |i: usize| if i % 3 == 0 { "b" } else { "a" };
+    for i in 0..N {
+        let topic = topic_of(i);
+        let frame = json!({"op": "publish", "ref": format!("r{i}"), "topic": topic,
+            "body": format!("m{i}")});
+        c.ws.feed(Message::text(frame.to_string())).await.unwrap();
+        if i == N / 2 {
+            let bad = json!({"op": "publish", "ref": "bad", "topic": "nope", "body": "x"});
+            c.ws.feed(Message::text(bad.to_string())).await.unwrap();
+        }
+    }
+    c.ws.feed(Message::text(
+        json!({"op": "ping", "ref": "after"}).to_string(),
+    ))
+    .await
+    .unwrap();
+    c.ws.flush().await.unwrap();
+
+    let mut seq_of = HashMap::new();
+    let mut bad = None;
+    while seq_of.len() < N || bad.is_none() {
+        let f = c.frame().await;
+        match (f["op"].as_str().unwrap(), f["ref"].as_str().unwrap()) {
+            ("published", r) => {
+                let i: usize = r[1..].parse().unwrap();
+                assert!(seq_of.insert(i, f["seq"].as_u64().unwrap()).is_none());
+            }
+            ("error", "bad") => bad = Some(f["code"].clone()),
+            ("pong", "after") => {}
+            other => panic!("unexpected {other:?}: {f}"),
+        }
+    }
+    assert_eq!(bad.unwrap(), "topic_not_found");
+    for topic in ["a", "b"] {
+        let sent: Vec<usize> = (0..N).filter(|&i| topic_of(i) == topic).collect();
+        let mut seqs: Vec<u64> = sent.iter().map(|i| seq_of[i]).collect();
+        seqs.sort_unstable();
+        assert_eq!(
+            seqs,
+            (1..=sent.len() as u64).collect::<Vec<_>>(),
+            "topic {topic}: one sequence per publish"
+        );
+        let (status, info) = get_json(&format!("{}/v1/topics/{topic}", s.url)).await;
+        assert_eq!(status, 200);
+        assert_eq!(info["messages"], sent.len() as u64, "{info}");
+    }
+}
+
 #[tokio::test]
 async fn a_client_that_does_not_read_is_closed_with_4008() {
     let s = TestServer::start_with(|c| {

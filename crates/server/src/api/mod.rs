@@ -6,7 +6,6 @@ mod broker;
 mod codec;
 mod messages;
 pub(crate) use codec::message_from_json;
-pub(crate) use messages::publish_one;
 pub(crate) use subscriptions::check_tokens;
 mod services;
 pub(crate) use services::instance_from;

@@ -21,6 +21,11 @@
 //! connection holds at most `ws_send_queue` frames plus tungstenite's small
 //! write buffer, whatever the client does.
 //!
+//! Publishes read in one wake-up of the connection (a client with many in
+//! flight sends them back to back) go to the engine as one batch per topic:
+//! one append and one fsync for all of them, as a batch publish over HTTP
+//! would, instead of one engine call each. Each still gets its own answer.
+//!
 //! The connection ends when the client closes it, when it sends nothing
 //! (not even a pong) for three keep-alive intervals (4000), when its token
 //! expires (4001), and at shutdown (1001, after the publishes in flight are
@@ -38,7 +43,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use courier_api::realtime::ws::{close, ClientFrame, ServerFrame};
 use courier_api::{Problem, PublishMessage};
-use courier_core::{LeaseToken, PullRequest, StartPosition};
+use courier_core::{LeaseToken, NewMessage, PullRequest, StartPosition};
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, SplitSink};
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -48,7 +53,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{parse_from, Admission, ClientIp, Feed, FeedEvent, Filter};
-use crate::api::{message_from_json, publish_one, AppState};
+use crate::api::{message_from_json, AppState};
 use crate::auth::Access;
 use crate::error::{codes, ApiError};
 
@@ -59,6 +64,11 @@ const WRITE_BUFFER: usize = 8 * 1024;
 /// How long the close frame may take to go out (after the frames before
 /// it, at shutdown) before the socket is simply dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Most frames read without waiting, after the one that woke the
+/// connection, before their publishes go to the engine.
+const MAX_FRAMES_PER_WAKE: usize = 256;
+/// Most queued frames the writer hands the socket in one write.
+const FRAMES_PER_WRITE: usize = 64;
 /// Most deliveries one pull of a consume asks for.
 const CONSUME_BATCH: usize = 100;
 const DEFAULT_CONSUME_IN_FLIGHT: u32 = 10;
@@ -245,8 +255,17 @@ impl Credit {
     }
 }
 
-/// Answers of publishes, acks and nacks in flight.
-type Pending = FuturesUnordered<BoxFuture<'static, ServerFrame>>;
+/// Answers of publishes, acks and nacks in flight: one future per engine
+/// call, with one answer frame per publish (or per ack or nack frame).
+type Pending = FuturesUnordered<BoxFuture<'static, Vec<ServerFrame>>>;
+
+/// A publish read and checked, waiting for the end of the wake-up to go to
+/// the engine with the others.
+struct Unsent {
+    ref_: String,
+    topic: String,
+    message: NewMessage,
+}
 
 struct Connection {
     s: AppState,
@@ -258,6 +277,10 @@ struct Connection {
     credits: HashMap<String, Arc<Credit>>,
     tasks: JoinSet<()>,
     pending: Pending,
+    /// Frames the futures in `pending` will answer with: what the
+    /// `ws_publishes_in_flight` window counts.
+    in_flight: usize,
+    unsent: Vec<Unsent>,
     _admission: Admission,
 }
 
@@ -282,6 +305,8 @@ impl Connection {
             credits: HashMap::new(),
             tasks: JoinSet::new(),
             pending: Pending::new(),
+            in_flight: 0,
+            unsent: Vec::new(),
             _admission: admission,
         }
     }
@@ -303,8 +328,11 @@ impl Connection {
                 () = draining.cancelled() => {
                     closing.set(close::GOING_AWAY, "server shutting down");
                     // The publishes in flight are answered first.
-                    while let Some(answer) = self.pending.next().await {
-                        self.out.send(&answer).await;
+                    self.send_unsent();
+                    while let Some(answers) = self.pending.next().await {
+                        for answer in &answers {
+                            self.out.send(answer).await;
+                        }
                     }
                     break;
                 }
@@ -317,30 +345,33 @@ impl Connection {
                     closing.set(close::TOKEN_EXPIRED, "token expired");
                     break;
                 }
-                Some(answer) = self.pending.next(), if !self.pending.is_empty() => {
-                    self.out.send(&answer).await;
+                Some(answers) = self.pending.next(), if !self.pending.is_empty() => {
+                    self.in_flight -= answers.len();
+                    for answer in &answers {
+                        self.out.send(answer).await;
+                    }
                 }
                 Some(ended) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
                     if let Ok((id, ())) = ended {
                         self.subs.retain(|_, h| h.id() != id);
                     }
                 }
-                frame = stream.next(), if self.pending.len() < max_pending => {
+                frame = stream.next(), if self.in_flight < max_pending => {
                     idle = Instant::now() + idle_limit;
-                    match frame {
-                        Some(Ok(WsMessage::Text(text))) => self.handle(&text).await,
-                        Some(Ok(WsMessage::Binary(_))) => {
-                            self.out.error(None, None, ApiError::bad_request(
-                                codes::MALFORMED_JSON,
-                                "frames are JSON text, not binary",
-                            )).await;
-                        }
-                        Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
-                        Some(Ok(WsMessage::Close(_))) | None => break,
-                        Some(Err(e)) => {
-                            tracing::debug!(error = %e, "websocket read failed");
-                            break;
-                        }
+                    let mut open = self.on_frame(frame).await;
+                    // The frames already here join this wake-up's batch.
+                    let mut read = 1;
+                    while open
+                        && read < MAX_FRAMES_PER_WAKE
+                        && self.in_flight + self.unsent.len() < max_pending
+                    {
+                        let Some(frame) = stream.next().now_or_never() else { break };
+                        open = self.on_frame(frame).await;
+                        read += 1;
+                    }
+                    self.send_unsent();
+                    if !open {
+                        break;
                     }
                 }
             }
@@ -352,6 +383,81 @@ impl Connection {
         let abort = writer.abort_handle();
         if tokio::time::timeout(CLOSE_GRACE * 2, writer).await.is_err() {
             abort.abort();
+        }
+    }
+
+    /// Handles one frame read from the client; `false` when the connection
+    /// is to end (closed by the client, or a read error).
+    async fn on_frame(&mut self, frame: Option<Result<WsMessage, axum::Error>>) -> bool {
+        match frame {
+            Some(Ok(WsMessage::Text(text))) => self.handle(&text).await,
+            Some(Ok(WsMessage::Binary(_))) => {
+                self.out
+                    .error(
+                        None,
+                        None,
+                        ApiError::bad_request(
+                            codes::MALFORMED_JSON,
+                            "frames are JSON text, not binary",
+                        ),
+                    )
+                    .await;
+            }
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
+            Some(Ok(WsMessage::Close(_))) | None => return false,
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "websocket read failed");
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Sends the publishes read so far to the engine: one call per topic,
+    /// in the order they were read, each answered publish by publish.
+    fn send_unsent(&mut self) {
+        let mut unsent = std::mem::take(&mut self.unsent);
+        while !unsent.is_empty() {
+            let topic = unsent[0].topic.clone();
+            let (batch, rest): (Vec<_>, Vec<_>) =
+                unsent.into_iter().partition(|u| u.topic == topic);
+            unsent = rest;
+            self.in_flight += batch.len();
+            let s = self.s.clone();
+            self.pending.push(
+                async move {
+                    let (refs, messages): (Vec<_>, Vec<_>) =
+                        batch.into_iter().map(|u| (u.ref_, u.message)).unzip();
+                    match s.engine.publish(&topic, messages).await {
+                        Ok(receipts) if receipts.len() == refs.len() => refs
+                            .into_iter()
+                            .zip(receipts)
+                            .map(|(ref_, r)| ServerFrame::Published {
+                                ref_,
+                                seq: r.seq,
+                                id: r.id,
+                            })
+                            .collect(),
+                        Ok(_) => {
+                            let e = ApiError::new(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                codes::INTERNAL,
+                                "the engine returned a receipt count unlike the batch's",
+                            );
+                            refs.into_iter()
+                                .map(|r| error_frame(Some(r), e.clone()))
+                                .collect()
+                        }
+                        Err(e) => {
+                            let e = ApiError::from(e);
+                            refs.into_iter()
+                                .map(|r| error_frame(Some(r), e.clone()))
+                                .collect()
+                        }
+                    }
+                }
+                .boxed(),
+            );
         }
     }
 
@@ -389,6 +495,10 @@ impl Connection {
                     .await;
             }
         };
+        if !matches!(frame, ClientFrame::Publish { .. }) {
+            // Whatever the client sent before this frame reaches the engine first.
+            self.send_unsent();
+        }
         match frame {
             ClientFrame::Subscribe {
                 id,
@@ -453,22 +563,11 @@ impl Connection {
                         .check_publish(&topic, std::slice::from_ref(&m))
                         .map(|()| m)
                 }) {
-                    Ok(message) => {
-                        let s = self.s.clone();
-                        self.pending.push(
-                            async move {
-                                match publish_one(&s, &topic, message).await {
-                                    Ok(r) => ServerFrame::Published {
-                                        ref_,
-                                        seq: r.seq,
-                                        id: r.id,
-                                    },
-                                    Err(e) => error_frame(Some(ref_), e),
-                                }
-                            }
-                            .boxed(),
-                        );
-                    }
+                    Ok(message) => self.unsent.push(Unsent {
+                        ref_,
+                        topic,
+                        message,
+                    }),
                     Err(e) => self.out.error(Some(ref_), None, e).await,
                 }
             }
@@ -608,6 +707,7 @@ impl Connection {
         let s = self.s.clone();
         let access = self.access.clone();
         let allowed = self.live().map(|_| ());
+        self.in_flight += 1;
         self.pending.push(
             async move {
                 let answer = async {
@@ -639,7 +739,7 @@ impl Connection {
                         }
                     })
                 };
-                answer.await.unwrap_or_else(|e| error_frame(ref_, e))
+                vec![answer.await.unwrap_or_else(|e| error_frame(ref_, e))]
             }
             .boxed(),
         );
@@ -777,8 +877,17 @@ async fn write(
             () = &mut ping => WsMessage::Ping(Bytes::new()),
         };
         ping.as_mut().reset(Instant::now() + keepalive);
+        let sent = async {
+            sink.feed(message).await?;
+            // The frames already queued go out in the same write.
+            for _ in 1..FRAMES_PER_WRITE {
+                let Ok(text) = rx.try_recv() else { break };
+                sink.feed(WsMessage::Text(text)).await?;
+            }
+            sink.flush().await
+        };
         tokio::select! {
-            sent = sink.send(message) => if sent.is_err() { return },
+            sent = sent => if sent.is_err() { return },
             // A client too slow to take a frame: stop waiting for it.
             () = closing.evicted.cancelled() => break,
         }

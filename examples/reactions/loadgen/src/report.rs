@@ -26,7 +26,7 @@ pub fn table(cells: &[Cell]) -> String {
             c.p999_ms,
             c.accepted,
             c.delivered,
-            if c.drained { "" } else { " (deadline)" },
+            if c.drained { String::new() } else { format!(" (after {:.0} s)", c.drain_secs) },
             lost,
             if c.mode == "async" { format!("{:.0}", c.e2e_p50_ms) } else { "–".into() },
             if c.mode == "async" { format!("{:.0}", c.e2e_p99_ms) } else { "–".into() },
@@ -77,8 +77,14 @@ pub fn write(args: &Args, command: &str, cells: &[Cell]) -> anyhow::Result<()> {
          (latency measured from each request's intended send time, so queueing is not hidden), \
          with the notification service healthy, slowed by 200 ms, or down (503) for the middle \
          third of the run. *Accepted* are the 2xx answers; *delivered* the notifications stored \
-         for them once the backlog drained (deadline {:.0} s); *e2e* is reaction accepted → \
-         notification stored, async mode only (in sync mode it is part of the user's latency).\n",
+         for them once the backlog drained (\"after N s\" when that took longer than {:.0} s); \
+         *lost* = accepted − delivered; *e2e* is reaction accepted → notification stored, async \
+         mode only (in sync mode it is part of the user's latency). Past saturation, delivered \
+         can exceed accepted: a request that the load generator gave up on (5 s) may still \
+         have been stored. Each run starts once the one before has left nothing behind (the \
+         outbox empty, no notification still arriving); the rates past the last one given \
+         (the search for saturation, with the notification service healthy) run after the \
+         fault runs of their mode.\n",
         args.duration.as_secs_f64(),
         args.drain_deadline.as_secs_f64()
     );

@@ -90,29 +90,67 @@ pub async fn experiment(args: &Args) -> anyhow::Result<Vec<Cell>> {
         )
         .await?;
         for fault in &args.faults {
-            let mut rates = args.rates.clone();
-            let mut i = 0;
-            while i < rates.len() {
-                let rate = rates[i];
-                let cell = run_cell(args, &system, &http, &users, mode, fault, rate).await?;
-                let saturated = cell.throughput < 0.9 * rate as f64
-                    || cell.error_rate > 0.01
-                    || cell.p99_ms > 1000.0;
-                cells.push(cell);
-                i += 1;
-                if i == rates.len()
-                    && args.saturate
-                    && fault == "healthy"
-                    && !saturated
-                    && rates.len() < args.rates.len() + 6
-                {
-                    rates.push(rate * 2);
-                }
+            for &rate in &args.rates {
+                cells.push(run_cell(args, &system, &http, &users, mode, fault, rate).await?);
+            }
+        }
+        // The search for the saturation point comes after the fault runs:
+        // an overloaded run leaves a backlog that would weigh on the next one.
+        let top = args.rates.iter().copied().max().unwrap_or(1);
+        let mut rate = top;
+        for _ in 0..6 {
+            if !args.saturate {
+                break;
+            }
+            rate *= 2;
+            let cell = run_cell(args, &system, &http, &users, mode, "healthy", rate).await?;
+            let saturated = cell.throughput < 0.9 * rate as f64
+                || cell.error_rate > 0.01
+                || cell.p99_ms > 1000.0;
+            cells.push(cell);
+            if saturated {
+                break;
             }
         }
     }
     system.stop().await?;
     Ok(cells)
+}
+
+/// Waits until the run before has left nothing behind: the reaction
+/// service's outbox is empty and the notification service's count has
+/// stopped moving (a run that hit the drain deadline, such as an overloaded
+/// one, would otherwise weigh on the next). At most 10 minutes.
+async fn quiet(http: &reqwest::Client, system: &System, faults_url: &str) -> anyhow::Result<()> {
+    put(
+        http,
+        faults_url,
+        json!({ "latency_ms": 0, "error_rate": 0.0, "down": false }),
+    )
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut last_stored = None;
+    while Instant::now() < deadline {
+        let outbox: Value = http
+            .get(format!("{}/v1/outbox", system.reactions_url))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let stats: Value = http
+            .get(format!("{}/v1/stats", system.notifications_url))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let stored = stats["stored"].as_u64();
+        if outbox["pending"].as_u64() == Some(0) && stored == last_stored {
+            return Ok(());
+        }
+        last_stored = stored;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    anyhow::bail!("the system did not settle within 10 minutes of the previous run")
 }
 
 async fn put(http: &reqwest::Client, url: &str, body: Value) -> anyhow::Result<()> {
@@ -148,6 +186,7 @@ async fn run_cell(
         );
     }
     let faults_url = format!("{}/v1/faults", system.notifications_url);
+    quiet(http, system, &faults_url).await?;
     let latency = if fault == "slow" { 200 } else { 0 };
     put(
         http,
@@ -226,7 +265,9 @@ async fn run_cell(
     let drain_start = Instant::now();
     let mut stats = Value::Null;
     let mut drained = false;
-    while drain_start.elapsed() < args.drain_deadline {
+    // Past the deadline the run counts as not drained, but the count goes on
+    // (up to 10 minutes) so that *lost* is what never arrived, not what was late.
+    while drain_start.elapsed() < args.drain_deadline.max(Duration::from_secs(600)) {
         stats = http
             .get(format!("{}/v1/stats", system.notifications_url))
             .send()
@@ -234,7 +275,7 @@ async fn run_cell(
             .json()
             .await?;
         if stats["stored"].as_u64().unwrap_or(0) >= ok {
-            drained = true;
+            drained = drain_start.elapsed() < args.drain_deadline;
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -14,7 +14,6 @@ use anyhow::Context;
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Executor};
-use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// Which engine a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,8 +45,6 @@ pub struct Migrations {
 pub struct Db {
     pub pool: AnyPool,
     pub engine: Engine,
-    /// Stops SQLite's checkpoint task when the last clone is dropped.
-    _checkpoints: Option<Arc<DropGuard>>,
     /// SQLite's one writer, taken in the process (see [`Db::writer`]).
     writer: Arc<tokio::sync::Mutex<()>>,
 }
@@ -85,9 +82,6 @@ impl Db {
                         conn.execute("PRAGMA synchronous = NORMAL").await?;
                         conn.execute("PRAGMA busy_timeout = 10000").await?;
                         conn.execute("PRAGMA foreign_keys = ON").await?;
-                        // No checkpoint inside a commit: `checkpoints` runs
-                        // them beside the requests (see there).
-                        conn.execute("PRAGMA wal_autocheckpoint = 0").await?;
                     }
                     Ok(())
                 })
@@ -120,15 +114,9 @@ impl Db {
             .run(&pool)
             .await
             .context("cannot migrate the database")?;
-        let checkpoints = (engine == Engine::Sqlite).then(|| {
-            let stop = CancellationToken::new();
-            tokio::spawn(checkpoints(pool.clone(), stop.clone()));
-            Arc::new(stop.drop_guard())
-        });
         Ok(Self {
             pool,
             engine,
-            _checkpoints: checkpoints,
             writer: Arc::default(),
         })
     }
@@ -143,28 +131,6 @@ impl Db {
         match self.engine {
             Engine::Sqlite => Some(self.writer.lock().await),
             Engine::Postgres => None,
-        }
-    }
-}
-
-/// Copies SQLite's write-ahead log into the database every 200 ms, off the
-/// request path. By default the commit that fills the log past 1,000 pages
-/// runs the checkpoint itself, fsync included, and its caller waits for it:
-/// at a few hundred reactions per second that is one request in a few
-/// hundred made slower by a disk flush, which is the p99. A passive
-/// checkpoint waits for no reader or writer.
-async fn checkpoints(pool: AnyPool, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    while !pool.is_closed() {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.cancelled() => return,
-        }
-        if let Err(e) = pool.execute("PRAGMA wal_checkpoint(PASSIVE)").await {
-            if !pool.is_closed() {
-                tracing::warn!(error = %e, "SQLite checkpoint failed; retrying");
-            }
         }
     }
 }
