@@ -185,6 +185,7 @@ async fn handle(
     event: &ReactionCreated,
 ) -> Result<(store::Notification, bool), Problem> {
     let stored = store::store(&s.db, event).await?;
+    count(s, std::slice::from_ref(&stored));
     publish(s, std::slice::from_ref(&stored)).await?;
     Ok(stored)
 }
@@ -195,11 +196,28 @@ async fn handle_many(s: &State, events: &[ReactionCreated]) -> Result<(), Proble
         return Ok(());
     }
     let stored = store::store_many(&s.db, events).await?;
+    count(s, &stored);
     publish(s, &stored).await
 }
 
+/// Counts what was just committed: a notification counts as stored when its
+/// row is, even if its real-time publish then fails and the event comes
+/// again (it is a duplicate then, already counted).
+fn count(s: &State, stored: &[(store::Notification, bool)]) {
+    let mut stats = s.stats.lock();
+    for (n, created) in stored {
+        if *created {
+            stats.stored += 1;
+            let delay = (n.created_at - n.event_created_at).max(1) as u64;
+            let _ = stats.delay.record(delay.min(3_600_000));
+        } else {
+            stats.duplicates += 1;
+        }
+    }
+}
+
 /// Publishes stored notifications to their authors' channels (a redelivered
-/// event's too: Courier drops the repeat by id), then counts them.
+/// event's too: Courier drops the repeat by id).
 async fn publish(s: &State, stored: &[(store::Notification, bool)]) -> Result<(), Problem> {
     let mut messages = Vec::with_capacity(stored.len());
     for (n, _) in stored {
@@ -226,16 +244,6 @@ async fn publish(s: &State, stored: &[(store::Notification, bool)]) -> Result<()
             )
             .retry_after(1)
         })?;
-    let mut stats = s.stats.lock();
-    for (n, created) in stored {
-        if *created {
-            stats.stored += 1;
-            let delay = (n.created_at - n.event_created_at).max(1) as u64;
-            let _ = stats.delay.record(delay.min(3_600_000));
-        } else {
-            stats.duplicates += 1;
-        }
-    }
     Ok(())
 }
 
