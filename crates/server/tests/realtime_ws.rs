@@ -347,7 +347,7 @@ async fn publishes_sent_together_get_their_own_answers() {
     create_topic(&s.url, "b", json!({})).await;
     let mut c = Client::open(&s).await;
     const N: usize = 200;
-    let topic_of = |i: usize| if i % 3 == 0 { "b" } else { "a" };
+    let topic_of = |i: usize| if i.is_multiple_of(3) { "b" } else { "a" };
     for i in 0..N {
         let topic = topic_of(i);
         let frame = json!({"op": "publish", "ref": format!("r{i}"), "topic": topic,
