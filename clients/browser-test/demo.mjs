@@ -13,9 +13,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { chromium } from "playwright-core";
+import { args, executablePath } from "./chromium.mjs";
 
 const url = process.argv[2];
-const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
 const profile = mkdtempSync(join(tmpdir(), "courier-chromium-"));
 const say = (value) => process.stdout.write(JSON.stringify(value) + "\n");
 
@@ -23,10 +23,7 @@ const say = (value) => process.stdout.write(JSON.stringify(value) + "\n");
 const browser = await chromium.launchPersistentContext(profile, {
   executablePath,
   headless: true,
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
+  args,
 });
 let finished = false;
 const finish = async (code) => {

@@ -17,10 +17,10 @@
 // has a deadline. examples/reactions/demo/tests/browser.rs runs it.
 
 import { chromium } from "playwright-core";
+import { args, executablePath } from "./chromium.mjs";
 
 const url = process.argv[2];
 const screenshot = process.argv[3] === "--screenshot" ? process.argv[4] : null;
-const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
 /** The longest any one condition may take to appear. */
 const T = 20_000;
 const say = (value) => process.stdout.write(JSON.stringify(value) + "\n");
@@ -29,10 +29,7 @@ const say = (value) => process.stdout.write(JSON.stringify(value) + "\n");
 const browser = await chromium.launch({
   executablePath,
   headless: true,
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
+  args,
 });
 let finished = false;
 const finish = async (code) => {
