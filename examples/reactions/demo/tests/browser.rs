@@ -49,33 +49,6 @@ fn missing() -> Option<String> {
     None
 }
 
-/// The `courier` binary: `$COURIER_BIN`, else `target/<profile>/courier`,
-/// else built with `cargo build -p courier` (in this test's profile).
-fn courier_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("COURIER_BIN") {
-        return bin.into();
-    }
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/browser-<hash>
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-    let bin = profile_dir.join(format!("courier{}", std::env::consts::EXE_SUFFIX));
-    if !bin.is_file() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = std::process::Command::new(cargo);
-        build
-            .args(["build", "-p", "courier"])
-            .current_dir(workspace());
-        if profile_dir.file_name().is_some_and(|p| p == "release") {
-            build.arg("--release");
-        }
-        assert!(
-            build.status().unwrap().success(),
-            "cargo build -p courier failed"
-        );
-    }
-    bin
-}
-
 /// The next JSON line of the script that satisfies `want`.
 async fn expect(
     lines: &mut Lines<BufReader<ChildStdout>>,
@@ -131,7 +104,7 @@ async fn a_reaction_shows_on_the_authors_page_and_a_sync_failure_on_the_users() 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let page_url = format!("http://{}", listener.local_addr().unwrap());
     let system = System::start(Options {
-        courier_bin: Some(courier_bin()),
+        courier_bin: Some(reactions_demo::courier_binary().expect("a courier binary")),
         allowed_origins: vec![page_url.clone()],
         ..Options::default()
     })
